@@ -1,0 +1,1 @@
+"""Held-out evaluation of learned optimizers against tuned baselines."""

@@ -1,0 +1,1 @@
+"""Learned-optimizer rules."""

@@ -1,0 +1,1 @@
+"""Meta-training: gradient estimators, outer loop, Ray workers, logging."""

@@ -1,0 +1,3 @@
+"""Tasks and task families (``import lopt.tasks``)."""
+
+from lopt.tasks.base import SPLITS, Task, TaskFamily
