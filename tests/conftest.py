@@ -1,0 +1,30 @@
+"""Test configuration: single-threaded XLA on CPU (faster for the small
+problems in the suite on a 2-core machine) and no network access."""
+
+import os
+import socket
+
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import pytest  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only_connect(self, address):
+  """Tests must never reach the network: only loopback / unix sockets."""
+  if isinstance(address, tuple) and address:
+    host = str(address[0])
+    if not (host.startswith("127.") or host in ("localhost", "::1", "0.0.0.0")):
+      raise RuntimeError(f"test tried to reach the network: {address!r}")
+  return _real_connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+  monkeypatch.setattr(socket.socket, "connect", _loopback_only_connect)
+  yield
