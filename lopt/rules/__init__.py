@@ -1,1 +1,51 @@
-"""Learned-optimizer rules."""
+"""Learned-optimizer rules and their registry.
+
+=========  ==========================================================
+name       rule
+=========  ==========================================================
+sgd        :class:`LearnableSGD` (log learning rate, optional momentum)
+adam       :class:`LearnableAdam` (log lr, decays, eps)
+mlp        :class:`PerParamMLP` (Adafactor-feature per-parameter MLP)
+mu_mlp     :class:`PerParamMLP` with ``mup=True`` (muLO)
+velo       :class:`VeLOLite` (per-tensor LSTM mixing an MLP bank)
+mu_velo    :class:`VeLOLite` with ``mup=True``
+=========  ==========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+from lopt.rules.adam import LearnableAdam
+from lopt.rules.mlp import PerParamMLP
+from lopt.rules.sgd import LearnableSGD
+from lopt.rules.velo import VeLOLite
+
+_REGISTRY: Dict[str, Callable[..., Any]] = {
+    "sgd": LearnableSGD,
+    "adam": LearnableAdam,
+    "mlp": lambda **kw: PerParamMLP(mup=False, **kw),
+    "mu_mlp": lambda **kw: PerParamMLP(mup=True, **kw),
+    "velo": lambda **kw: VeLOLite(mup=False, **kw),
+    "mu_velo": lambda **kw: VeLOLite(mup=True, **kw),
+}
+
+
+def names() -> tuple[str, ...]:
+  """Registered rule names."""
+  return tuple(_REGISTRY)
+
+
+def get(name: str, **config) -> Any:
+  """Builds the rule ``name`` with constructor ``config``.
+
+  Raises:
+    ValueError: unknown name or bad config.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown learned-optimizer rule {name!r}; known rules: "
+                     f"{', '.join(_REGISTRY)}.")
+  try:
+    return _REGISTRY[name](**config)
+  except TypeError as e:
+    raise ValueError(f"Bad config for rule {name!r}: {e}") from None
