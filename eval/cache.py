@@ -1,0 +1,133 @@
+"""On-disk cache of baseline runs, and atomic file writes.
+
+A cache entry is one ``.npz`` file holding the arrays of a
+:class:`~lopt.eval.runner.RunResult` plus a JSON ``meta`` string. Its name is
+a SHA-256 over everything that determines the numbers: a cache format
+version, the task's fingerprint (name, class, parameter and batch shapes),
+the optimizer's canonical spec, the learning-rate grid, steps, seeds and the
+evaluation schedule. Change any of them and the key changes; to force
+recomputation, delete the directory or pass ``cache_dir=None``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from typing import Any, Dict, Iterator, Mapping, Optional
+
+import jax
+import numpy as np
+
+from lopt.eval.runner import RunResult
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> str:
+  """``$LOPT_CACHE_DIR`` or ``~/.cache/lopt/eval``."""
+  return os.environ.get(
+      "LOPT_CACHE_DIR",
+      os.path.join(os.path.expanduser("~"), ".cache", "lopt", "eval"))
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb") -> Iterator[Any]:
+  """Opens a temp file next to ``path``; on success renames it over
+  ``path`` (``os.replace``, atomic on POSIX), on error removes it."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path),
+                             suffix=".tmp")
+  try:
+    with os.fdopen(fd, mode) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic_open(path, "w") as f:
+    f.write(text)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+  with atomic_open(path, "wb") as f:
+    f.write(data)
+
+
+def task_fingerprint(task) -> Dict[str, Any]:
+  """Name, class and shapes of the task's parameters and training batch
+  (computed with ``jax.eval_shape``: no compilation, no data)."""
+  key = jax.random.PRNGKey(0)
+
+  def shapes(tree):
+    return [[list(x.shape), str(x.dtype)] for x in jax.tree.leaves(tree)]
+
+  try:
+    batch = shapes(jax.eval_shape(lambda k: task.sample_batch(k, "train"),
+                                  key))
+  except Exception:  # pylint: disable=broad-except
+    batch = None
+  return {
+      "name": getattr(task, "name", type(task).__name__),
+      "class": f"{type(task).__module__}.{type(task).__qualname__}",
+      "params": shapes(jax.eval_shape(task.init, key)),
+      "batch": batch,
+  }
+
+
+def make_key(fields: Mapping[str, Any]) -> str:
+  """Hex SHA-256 of the canonical JSON of ``fields`` (+ cache version)."""
+  blob = json.dumps({"cache_version": CACHE_VERSION, **fields},
+                    sort_keys=True, default=str)
+  return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _safe(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def entry_path(cache_dir: str, task_name: str, label: str, key: str) -> str:
+  return os.path.join(cache_dir, _safe(task_name),
+                      f"{_safe(label)}-{key[:20]}.npz")
+
+
+def save(path: str, result: RunResult, meta: Mapping[str, Any]) -> None:
+  """Writes ``result`` and ``meta`` to ``path`` atomically."""
+  arrays = {"train_loss": result.train_loss, "eval_steps": result.eval_steps}
+  arrays.update({f"valid/{k}": v for k, v in result.valid.items()})
+  arrays.update({f"test/{k}": v for k, v in result.test.items()})
+  info = dict(meta)
+  info.update(wall_s=result.wall_s, compile_s=result.compile_s,
+              num_runs=result.num_runs)
+  arrays["meta"] = np.asarray(json.dumps(info, sort_keys=True, default=str))
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_bytes(path, buf.getvalue())
+
+
+def load(path: str) -> Optional[tuple]:
+  """Returns ``(RunResult, meta)`` or ``None`` if missing / unreadable."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      meta = json.loads(str(z["meta"]))
+      valid = {k[6:]: z[k] for k in z.files if k.startswith("valid/")}
+      test = {k[5:]: z[k] for k in z.files if k.startswith("test/")}
+      res = RunResult(train_loss=z["train_loss"], eval_steps=z["eval_steps"],
+                      valid=valid, test=test, wall_s=float(meta["wall_s"]),
+                      compile_s=float(meta["compile_s"]),
+                      num_runs=int(meta["num_runs"]))
+    return res, meta
+  except (OSError, ValueError, KeyError):
+    return None  # corrupt entry: recompute (and overwrite)

@@ -1,0 +1,153 @@
+"""Smoothing, final loss, speedup and aggregation over tasks.
+
+Conventions. A training curve ``c`` has one entry per step; ``c[t-1]`` is the
+loss at (1-based) step ``t``. Curves are first averaged over seeds (a run
+with a non-finite value makes the mean non-finite), then smoothed with a
+trailing window mean of ``w`` steps::
+
+    smooth(c)[t] = mean(c[max(0, t-w+1) .. t])
+
+The *final smoothed loss* is ``smooth(c)[T-1] = mean(c[T-w .. T-1])``, the mean
+over the last ``w`` steps (default ``w = max(1, round(0.05 * T))``, the last
+5 % of training). Non-finite values count as ``+inf`` (worst).
+
+Speedup of optimizer A (``T_A`` steps) over a baseline B (``T_B`` steps)::
+
+    target  = final smoothed loss of A
+    t_reach = min { t in 1..T_B : smooth(c_B)[t-1] <= target }
+    speedup = t_reach / T_A
+
+If B never reaches the target the speedup is the lower bound ``T_B / T_A``,
+reported as ``">= T_B/T_A"``; a value below 1 means A is slower than B.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+
+def default_window(num_steps: int, fraction: float = 0.05) -> int:
+  """Smoothing window in steps: ``max(1, round(fraction * num_steps))``."""
+  return max(1, int(round(fraction * num_steps)))
+
+
+def mean_curve(curves: np.ndarray) -> np.ndarray:
+  """Mean over seeds (all leading axes) of ``[..., T]`` curves; non-finite
+  entries become ``+inf``."""
+  c = np.asarray(curves, np.float64)
+  c = c.reshape(-1, c.shape[-1]).mean(axis=0) if c.ndim > 1 else c
+  return np.where(np.isfinite(c), c, np.inf)
+
+
+def smooth(curve: np.ndarray, window: int) -> np.ndarray:
+  """Trailing window mean (see module docstring); ``+inf`` propagates."""
+  c = np.asarray(curve, np.float64)
+  if c.ndim != 1:
+    raise ValueError(f"smooth expects a 1-D curve, got shape {c.shape}.")
+  if window < 1:
+    raise ValueError(f"Smoothing window must be >= 1, got {window}.")
+  c = np.where(np.isfinite(c), c, np.inf)
+  bad = np.isinf(c)
+  finite = np.where(bad, 0.0, c)
+  csum = np.concatenate([[0.0], np.cumsum(finite)])
+  nbad = np.concatenate([[0], np.cumsum(bad)])
+  t = np.arange(1, len(c) + 1)
+  lo = np.maximum(0, t - window)
+  out = (csum[t] - csum[lo]) / (t - lo)
+  return np.where(nbad[t] - nbad[lo] > 0, np.inf, out)
+
+
+def final_loss(curves: np.ndarray, window: Optional[int] = None) -> float:
+  """Final smoothed loss of ``[..., T]`` curves (mean over seeds first)."""
+  c = mean_curve(curves)
+  w = window if window is not None else default_window(len(c))
+  return float(smooth(c, w)[-1])
+
+
+@dataclasses.dataclass(frozen=True)
+class Speedup:
+  """Speedup of an optimizer over a baseline (see module docstring).
+
+  Attributes:
+    value: ``t_reach / T_A``, or the lower bound ``T_B / T_A``.
+    lower_bound: the baseline never reached the target.
+    steps_to_reach: ``t_reach`` (``None`` when never reached).
+    steps: ``T_A``.
+    baseline_steps: ``T_B``.
+    target: the optimizer's final smoothed loss.
+  """
+
+  value: float
+  lower_bound: bool
+  steps_to_reach: Optional[int]
+  steps: int
+  baseline_steps: int
+  target: float
+
+  def __str__(self) -> str:
+    return format_speedup(self)
+
+  def to_json(self) -> Dict:
+    return dataclasses.asdict(self) | {"text": str(self)}
+
+
+def format_speedup(s: Speedup) -> str:
+  if not math.isfinite(s.target):
+    return "diverged"
+  if s.lower_bound:
+    return f">= {s.baseline_steps}/{s.steps} ({s.value:.2f}x)"
+  if s.value >= 1:
+    return f"{s.value:.2f}x"
+  return f"{s.steps_to_reach}/{s.steps} ({s.value:.2f}x)"
+
+
+def speedup(curves: np.ndarray, baseline_curves: np.ndarray,
+            window: Optional[int] = None) -> Speedup:
+  """Speedup of ``curves`` (``[..., T_A]``) over ``baseline_curves``
+  (``[..., T_B]``), both averaged over seeds and smoothed with the same
+  window (default: :func:`default_window` of ``T_A``).
+
+  A diverged optimizer (non-finite target) gets speedup 0.
+  """
+  a = mean_curve(curves)
+  b = mean_curve(baseline_curves)
+  w = window if window is not None else default_window(len(a))
+  target = float(smooth(a, w)[-1])
+  t_a, t_b = len(a), len(b)
+  if not math.isfinite(target):
+    return Speedup(0.0, False, None, t_a, t_b, target)
+  reached = np.nonzero(smooth(b, w) <= target)[0]
+  if reached.size == 0:
+    return Speedup(t_b / t_a, True, None, t_a, t_b, target)
+  t_reach = int(reached[0]) + 1
+  return Speedup(t_reach / t_a, False, t_reach, t_a, t_b, target)
+
+
+def iqm(values: Sequence[float]) -> float:
+  """Inter-quartile mean: mean after dropping ``floor(n/4)`` values from each
+  end of the sorted list (``scipy.stats.trim_mean(x, 0.25)``)."""
+  x = np.sort(np.asarray(values, np.float64))
+  if x.size == 0:
+    return float("nan")
+  k = int(0.25 * x.size)
+  return float(x[k:x.size - k].mean())
+
+
+def aggregate(speedups: Sequence[Speedup]) -> Dict[str, float]:
+  """Median and IQM of speedup values over tasks (lower bounds enter at
+  their bound value), plus counts."""
+  vals = [s.value for s in speedups]
+  if not vals:
+    return {"median": float("nan"), "iqm": float("nan"), "num_tasks": 0,
+            "num_lower_bounds": 0, "num_faster": 0}
+  return {
+      "median": float(np.median(vals)),
+      "iqm": iqm(vals),
+      "num_tasks": len(vals),
+      "num_lower_bounds": int(sum(s.lower_bound for s in speedups)),
+      "num_faster": int(sum(v > 1 for v in vals)),
+  }

@@ -1,0 +1,301 @@
+"""Optimizer specifications: parse ``"adam:lr=1e-3"``-style strings.
+
+An optimizer to evaluate is named by one string, in one of three forms:
+
+* a **baseline spec** ``NAME[:KEY=VALUE[,KEY=VALUE...]]`` where ``NAME`` is one
+  of :data:`BASELINES` (``sgd``, ``sgdm``, ``adam``, ``adamw``, ``rmsprop``),
+  e.g. ``adam:lr=1e-3``, ``sgdm:lr=0.1,momentum=0.9``,
+  ``adamw:lr=3e-4,wd=1e-2``. Keys not given take the defaults in
+  :data:`BASELINES`;
+* a **rule at its default meta-parameters** ``rule:NAME[,KEY=VALUE...]``
+  (``lopt.rules.get(NAME, **config)`` with ``init_meta_params(PRNGKey(0))``),
+  useful before any learned optimizer has been trained;
+* anything else is a **learned-optimizer file or shipped name**, resolved by
+  ``lopt.read`` / ``lopt.load`` (``checkpoints/NAME.lopt`` or a path).
+
+Bad input raises one :class:`ValueError` that says what was wrong and what to
+write instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import jax
+import optax
+
+Hparams = Mapping[str, Any]
+
+#: Baselines: name -> (default hyper-parameters, documentation). ``lr`` is
+#: always present and is the (traceable) learning rate swept by tuning.
+BASELINES: Dict[str, Dict[str, float]] = {
+    "sgd": {"lr": 0.1},
+    "sgdm": {"lr": 0.1, "momentum": 0.9},
+    "adam": {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8},
+    "adamw": {"lr": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "wd": 1e-4},
+    "rmsprop": {"lr": 1e-3, "decay": 0.9, "eps": 1e-8},
+}
+
+#: Default log-spaced learning-rate grids for tuning (7 points, half-decade
+#: spacing: 10^a, 10^(a+1/2), ..., 10^(a+3)).
+DEFAULT_LR_GRIDS: Dict[str, Tuple[float, float]] = {
+    "sgd": (1e-3, 1.0),
+    "sgdm": (1e-4, 1e-1),
+    "adam": (1e-4, 1e-1),
+    "adamw": (1e-4, 1e-1),
+    "rmsprop": (1e-5, 1e-2),
+}
+
+
+def lr_grid(name: str, num: int = 7,
+            bounds: Optional[Tuple[float, float]] = None) -> Tuple[float, ...]:
+  """Log-spaced learning rates ``lo * (hi/lo)^(i/(num-1))``, i = 0..num-1
+  (rounded to 6 significant digits)."""
+  if num < 1:
+    raise ValueError(f"Number of learning rates must be >= 1, got {num}.")
+  lo, hi = bounds if bounds is not None else DEFAULT_LR_GRIDS[name]
+  if not (lo > 0 and hi >= lo):
+    raise ValueError(
+        f"Learning-rate bounds must satisfy 0 < lo <= hi, got ({lo}, {hi}).")
+  if num == 1:
+    return (float(lo),)
+  a, b = math.log10(lo), math.log10(hi)
+  return tuple(float(f"{10 ** (a + (b - a) * i / (num - 1)):.6g}")
+               for i in range(num))
+
+
+def _fmt(v: Any) -> str:
+  if isinstance(v, bool):
+    return str(v).lower()
+  if isinstance(v, float):
+    return f"{v:g}"
+  return str(v)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """A parsed optimizer string.
+
+  Attributes:
+    kind: ``"baseline"``, ``"rule"`` or ``"learned"``.
+    name: baseline name, rule name, or the learned file / shipped name.
+    hparams: baseline hyper-parameters (all keys, defaults filled in) or rule
+      config; empty for learned optimizers.
+    text: the string as the user wrote it.
+  """
+
+  kind: str
+  name: str
+  hparams: Tuple[Tuple[str, Any], ...] = ()
+  text: str = ""
+
+  @property
+  def hp(self) -> Dict[str, Any]:
+    return dict(self.hparams)
+
+  @property
+  def label(self) -> str:
+    """Short display name (table columns, plot legends): the file stem of a
+    learned optimizer; a baseline with only its non-default values."""
+    if self.kind == "learned":
+      base = os.path.basename(self.name)
+      return base[:-5] if base.endswith(".lopt") else base
+    if self.kind == "baseline":
+      defaults = BASELINES[self.name]
+      given = [(k, v) for k, v in self.hparams if defaults.get(k) != v]
+      if not given:
+        return self.name
+      return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in given)
+    return self.canonical
+
+  @property
+  def canonical(self) -> str:
+    """A canonical string (stable key for caching)."""
+    if self.kind == "baseline":
+      return self.name + ":" + ",".join(
+          f"{k}={_fmt(v)}" for k, v in sorted(self.hparams))
+    if self.kind == "rule":
+      tail = "".join(f",{k}={_fmt(v)}" for k, v in sorted(self.hparams))
+      return f"rule:{self.name}{tail}"
+    return self.name
+
+  def with_hparams(self, **overrides: Any) -> "OptimizerSpec":
+    hp = self.hp
+    hp.update(overrides)
+    return dataclasses.replace(self, hparams=tuple(sorted(hp.items())))
+
+
+def _parse_number(key: str, value: str, text: str) -> float:
+  try:
+    v = float(value)
+  except ValueError:
+    raise ValueError(
+        f"Bad optimizer spec {text!r}: {key}={value!r} is not a number; "
+        f"write e.g. '{key}=1e-3'.") from None
+  if not math.isfinite(v):
+    raise ValueError(
+        f"Bad optimizer spec {text!r}: {key}={value!r} must be finite.")
+  return v
+
+
+def _parse_literal(value: str) -> Any:
+  low = value.lower()
+  if low in ("true", "false"):
+    return low == "true"
+  for cast in (int, float):
+    try:
+      return cast(value)
+    except ValueError:
+      pass
+  return value
+
+
+def _split_pairs(body: str, text: str) -> Dict[str, str]:
+  pairs: Dict[str, str] = {}
+  for item in body.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    if "=" not in item:
+      raise ValueError(
+          f"Bad optimizer spec {text!r}: {item!r} is not KEY=VALUE; write "
+          "e.g. 'adam:lr=1e-3' or 'sgdm:lr=0.1,momentum=0.9'.")
+    k, v = item.split("=", 1)
+    k, v = k.strip(), v.strip()
+    if not k or not v:
+      raise ValueError(
+          f"Bad optimizer spec {text!r}: {item!r} needs both a key and a "
+          "value, e.g. 'lr=1e-3'.")
+    if k in pairs:
+      raise ValueError(f"Bad optimizer spec {text!r}: {k!r} given twice.")
+    pairs[k] = v
+  return pairs
+
+
+def parse_optimizer(text: str) -> OptimizerSpec:
+  """Parses an optimizer string (see the module docstring).
+
+  Raises:
+    ValueError: unknown baseline name, unknown or malformed hyper-parameter,
+      non-positive learning rate, empty string.
+  """
+  if not isinstance(text, str) or not text.strip():
+    raise ValueError(
+        "Empty optimizer spec; give a learned-optimizer file or name, "
+        "'rule:NAME', or a baseline like 'adam:lr=1e-3'.")
+  text = text.strip()
+  if os.path.isfile(text) or text.endswith(".lopt"):
+    return OptimizerSpec("learned", text, (), text)
+  head, sep, body = text.partition(":")
+  head = head.strip().lower()
+  if head == "rule":
+    name, _, rest = body.partition(",")
+    name = name.strip()
+    if not name:
+      raise ValueError(
+          f"Bad optimizer spec {text!r}: write 'rule:NAME', e.g. 'rule:mlp'.")
+    cfg = {k: _parse_literal(v) for k, v in _split_pairs(rest, text).items()}
+    return OptimizerSpec("rule", name, tuple(sorted(cfg.items())), text)
+  if head in BASELINES:
+    defaults = BASELINES[head]
+    hp = dict(defaults)
+    for k, v in _split_pairs(body, text).items():
+      if k not in defaults:
+        raise ValueError(
+            f"Bad optimizer spec {text!r}: {head} has no hyper-parameter "
+            f"{k!r}; known: {', '.join(defaults)}.")
+      hp[k] = _parse_number(k, v, text)
+    if hp["lr"] <= 0:
+      raise ValueError(
+          f"Bad optimizer spec {text!r}: lr must be > 0, got {hp['lr']}.")
+    return OptimizerSpec("baseline", head, tuple(sorted(hp.items())), text)
+  if sep:
+    raise ValueError(
+        f"Unknown optimizer {head!r} in {text!r}; baselines are "
+        f"{', '.join(BASELINES)} (e.g. 'adam:lr=1e-3'), 'rule:NAME' for a "
+        "rule at default meta-parameters, or a learned-optimizer file/name.")
+  return OptimizerSpec("learned", text, (), text)
+
+
+def baseline_transform(name: str, hp: Hparams
+                       ) -> optax.GradientTransformationExtraArgs:
+  """Builds the optax transformation of a baseline.
+
+  Any hyper-parameter may be a traced scalar (in particular ``lr``, so a
+  learning-rate sweep is one ``vmap``). The result accepts (and ignores) the
+  extra ``value=loss`` argument that learned optimizers read.
+  """
+  if name not in BASELINES:
+    raise ValueError(f"Unknown baseline {name!r}; known: "
+                     f"{', '.join(BASELINES)}.")
+  hp = {**BASELINES[name], **dict(hp)}
+  lr = hp["lr"]
+  if name == "sgd":
+    tx = optax.sgd(lr)
+  elif name == "sgdm":
+    tx = optax.sgd(lr, momentum=hp["momentum"])
+  elif name == "adam":
+    tx = optax.adam(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"])
+  elif name == "adamw":
+    tx = optax.adamw(lr, b1=hp["b1"], b2=hp["b2"], eps=hp["eps"],
+                     weight_decay=hp["wd"])
+  else:  # rmsprop
+    tx = optax.rmsprop(lr, decay=hp["decay"], eps=hp["eps"])
+  return optax.with_extra_args_support(tx)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedRule:
+  """A learned optimizer ready to wrap: ``lopt.as_optax(rule, theta, ...)``.
+
+  Attributes:
+    rule: the rule object.
+    theta: its meta-parameters.
+    header: the file header (for ``rule:`` specs, a small synthetic one).
+  """
+
+  rule: Any
+  theta: Any
+  header: Dict[str, Any]
+
+  def transform(self, num_steps: int, param_meta: Any = None
+                ) -> optax.GradientTransformationExtraArgs:
+    import lopt
+    return lopt.as_optax(self.rule, self.theta, num_steps,
+                         param_meta=param_meta)
+
+
+def resolve_learned(spec: OptimizerSpec) -> ResolvedRule:
+  """Reads a ``learned`` spec's file (``lopt.read``) or builds a ``rule``
+  spec's rule at ``init_meta_params(PRNGKey(0))``.
+
+  Raises:
+    ValueError: the file / name cannot be read, or the rule is unknown; the
+      message names the spec and the underlying problem.
+  """
+  import lopt
+  if spec.kind not in ("learned", "rule"):
+    raise ValueError(f"{spec.text!r} is a baseline, not a learned optimizer.")
+  try:
+    if spec.kind == "rule":
+      rule = lopt.rules.get(spec.name, **spec.hp)
+      theta = rule.init_meta_params(jax.random.PRNGKey(0))
+      header = {"rule": spec.name, "rule_config": rule.config(),
+                "provenance": {"note": "default meta-parameters "
+                                       "(init_meta_params(PRNGKey(0)))"}}
+      return ResolvedRule(rule, theta, header)
+    loaded = lopt.read(spec.name)
+    return ResolvedRule(loaded.rule, loaded.theta, dict(loaded.header))
+  except ValueError as e:
+    raise ValueError(f"Cannot load optimizer {spec.text!r}: {e}") from None
+  except OSError as e:
+    raise ValueError(
+        f"Unknown optimizer {spec.text!r}: {e} Baselines are written like "
+        f"'adam:lr=1e-3' ({', '.join(BASELINES)}); 'rule:NAME' evaluates a "
+        "rule at its default meta-parameters.") from None
+
+
+OptFactory = Callable[[Hparams], optax.GradientTransformationExtraArgs]

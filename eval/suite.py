@@ -1,0 +1,296 @@
+"""Held-out evaluation: optimizers x tasks x seeds against tuned baselines.
+
+:func:`evaluate` validates all input first (specs, files, task names: one
+``ValueError`` before any compute), then per task
+
+1. tunes each baseline in ``baseline_sweep`` (learning-rate sweep, cached),
+2. runs every optimizer from every seed (baseline specs are cached too),
+3. computes final smoothed losses and the speedup of every optimizer over
+   every tuned baseline (:mod:`lopt.eval.metrics`),
+
+and returns a JSON-ready *record* (plain dicts / lists / floats), the input
+of :mod:`lopt.eval.report`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import jax
+import numpy as np
+
+from lopt.eval import metrics as metrics_lib
+from lopt.eval import runner
+from lopt.eval import specs as specs_lib
+from lopt.eval import tuning
+
+RECORD_FORMAT = "lopt.eval/1"
+
+#: Progress callback: ``(event, info)``; events are ``"start"`` (info has
+#: ``total`` units of work), ``"begin"`` (a unit starts: ``task``, ``what``)
+#: and ``"done"`` (a unit finished: ``task``, ``what``, ``from_cache``).
+Callback = Callable[[str, Dict[str, Any]], None]
+
+
+def resolve_tasks(tasks: Union[str, Sequence[Any]]) -> List[Any]:
+  """Tasks from ``"heldout"``, ``"name,name"``, or a list of names / Task
+  objects.
+
+  Raises:
+    ValueError: an unknown task name (the message lists the known ones), or
+      an empty selection.
+  """
+  import lopt.tasks as tasks_lib
+
+  if isinstance(tasks, str):
+    items: List[Any] = [t.strip() for t in tasks.split(",") if t.strip()]
+  else:
+    items = list(tasks)
+  names: List[Any] = []
+  for item in items:
+    if isinstance(item, str) and item.lower() in ("heldout", "held-out",
+                                                  "held_out"):
+      held = getattr(tasks_lib, "HELDOUT_TASKS", None)
+      if not held:
+        raise ValueError("This lopt has no held-out task suite "
+                         "(lopt.tasks.HELDOUT_TASKS); name tasks explicitly.")
+      names.extend(held)
+    else:
+      names.append(item)
+  if not names:
+    raise ValueError("No tasks given; use 'heldout' or a comma-separated list "
+                     "of task names.")
+  out = []
+  get = getattr(tasks_lib, "get", None)
+  for n in names:
+    if not isinstance(n, str):
+      out.append(n)
+      continue
+    if get is None:
+      raise ValueError(f"Cannot look up task {n!r}: this lopt has no task "
+                       "registry (lopt.tasks.get).")
+    try:
+      out.append(get(n))
+    except (KeyError, ValueError) as e:
+      known = getattr(tasks_lib, "list_tasks", lambda: ())()
+      hint = f" Known tasks: {', '.join(known)}." if known else ""
+      msg = str(e.args[0]) if e.args else str(e)
+      raise ValueError(f"Unknown task {n!r}: {msg}.{hint}".replace("..", ".")
+                       ) from None
+  seen = set()
+  for t in out:
+    name = getattr(t, "name", None)
+    if name in seen:
+      raise ValueError(f"Task {name!r} is given twice.")
+    seen.add(name)
+  return out
+
+
+def _parse_all(optimizers: Sequence[Any]) -> List[Any]:
+  parsed = []
+  for o in optimizers:
+    if isinstance(o, str):
+      o = specs_lib.parse_optimizer(o)
+    if isinstance(o, specs_lib.OptimizerSpec) and o.kind != "baseline":
+      parsed.append((o, specs_lib.resolve_learned(o)))
+    elif isinstance(o, specs_lib.OptimizerSpec):
+      parsed.append((o, None))
+    else:
+      raise ValueError(f"Optimizers must be spec strings or OptimizerSpec, "
+                       f"got {o!r}.")
+  labels = [s.label for s, _ in parsed]
+  dup = {x for x in labels if labels.count(x) > 1}
+  if dup:
+    raise ValueError(f"Optimizer(s) given twice: {', '.join(sorted(dup))}.")
+  return parsed
+
+
+def _finite_list(x: np.ndarray, digits: int = 7) -> Any:
+  """Nested lists with NaN/inf -> None, rounded to ``digits`` significant
+  digits (curves are float32; 7 digits keep them exact enough)."""
+  a = np.asarray(x, np.float64)
+  if a.ndim == 0:
+    v = float(a)
+    return float(f"{v:.{digits}g}") if math.isfinite(v) else None
+  return [_finite_list(y, digits) for y in a]
+
+
+def _num(v: float) -> Optional[float]:
+  return float(v) if math.isfinite(v) else None
+
+
+def _run_record(res: runner.RunResult, window: int, **extra) -> Dict:
+  per_seed = [metrics_lib.final_loss(c, window) for c in res.train_loss]
+  fin = [v for v in per_seed if math.isfinite(v)]
+  return {
+      **extra,
+      "train_loss": _finite_list(res.train_loss),
+      "valid": {k: _finite_list(v) for k, v in res.valid.items()},
+      "test": {k: _finite_list(v) for k, v in res.test.items()},
+      "final_loss": _num(metrics_lib.final_loss(res.train_loss, window)),
+      "final_loss_per_seed": [_num(v) for v in per_seed],
+      "final_loss_std": (_num(float(np.std(fin))) if len(fin) == len(per_seed)
+                         else None),
+      "final_valid": {k: _num(float(np.mean(v[:, -1])))
+                      for k, v in res.valid.items()},
+      "final_test": {k: _num(float(np.mean(v))) for k, v in res.test.items()},
+      "step_time_s": res.step_time_s,
+      "wall_s": res.wall_s,
+      "compile_s": res.compile_s,
+      "num_runs": res.num_runs,
+  }
+
+
+def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
+             num_steps: int = 1000, seeds: Union[int, Sequence[int]] = 3,
+             baseline_sweep: Sequence[str] = ("adam",),
+             lrs: Optional[Dict[str, Sequence[float]]] = None,
+             num_lrs: int = 7, eval_every: Optional[int] = None,
+             window: Optional[int] = None, cache_dir: Optional[str] = None,
+             num_valid_batches: int = 2, num_test_batches: int = 4,
+             callback: Optional[Callback] = None) -> Dict[str, Any]:
+  """Evaluates ``optimizers`` on ``tasks`` against tuned baselines.
+
+  Args:
+    optimizers: spec strings (learned file / name, ``rule:NAME``, or a
+      baseline such as ``adam:lr=1e-3``), see :mod:`lopt.eval.specs`.
+    tasks: ``"heldout"``, ``"a,b"``, or a list of names / Task objects.
+    num_steps: training steps per run.
+    seeds: a count ``n`` (seeds ``0..n-1``) or explicit seeds.
+    baseline_sweep: baselines to tune per task (``()`` for none); the first
+      one is the reference for the headline speedup.
+    lrs: per-baseline learning-rate grids (default :func:`specs.lr_grid`
+      with ``num_lrs`` points).
+    eval_every: validation interval (default ~20 points).
+    window: smoothing window in steps (default 5 % of ``num_steps``).
+    cache_dir: where baseline runs are cached (``None``: no cache).
+    callback: progress callback, see :data:`Callback`.
+
+  Returns:
+    The record: ``{"format", "created", "config", "tasks": {name: {...}},
+    "summary": {optimizer: {baseline: {"median", "iqm", ...}}}}``.
+  """
+  if isinstance(num_steps, bool) or int(num_steps) < 1:
+    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+  num_steps = int(num_steps)
+  if isinstance(seeds, int):
+    if seeds < 1:
+      raise ValueError(f"Need at least one seed, got {seeds}.")
+    seeds = tuple(range(seeds))
+  seeds = tuple(int(s) for s in seeds)
+  if not seeds:
+    raise ValueError("Need at least one seed.")
+  eval_every = eval_every or runner.default_eval_every(num_steps)
+  runner.eval_schedule(num_steps, eval_every)
+  window = window or metrics_lib.default_window(num_steps)
+  if not optimizers and not baseline_sweep:
+    raise ValueError("Nothing to evaluate: give at least one optimizer or a "
+                     "baseline sweep.")
+  parsed = _parse_all(optimizers)
+  sweeps = []
+  for b in baseline_sweep:
+    spec = specs_lib.parse_optimizer(b)
+    if spec.kind != "baseline":
+      raise ValueError(f"Can only tune baselines "
+                       f"({', '.join(specs_lib.BASELINES)}), got {b!r}.")
+    grid = (lrs or {}).get(spec.name) or specs_lib.lr_grid(spec.name, num_lrs)
+    sweeps.append((spec, tuple(float(x) for x in grid)))
+  task_objs = resolve_tasks(tasks)
+
+  total = len(task_objs) * (len(sweeps) + len(parsed))
+  cb = callback or (lambda event, info: None)
+  cb("start", {"total": total})
+  common = dict(eval_every=eval_every, num_valid_batches=num_valid_batches,
+                num_test_batches=num_test_batches)
+
+  task_records: Dict[str, Any] = {}
+  for task in task_objs:
+    tname = getattr(task, "name", type(task).__name__)
+    runs: Dict[str, Any] = {}
+    curves: Dict[str, np.ndarray] = {}
+    tuned_labels: List[str] = []
+    eval_steps = None
+    for spec, grid in sweeps:
+      cb("begin", {"task": tname, "what": f"{spec.name} sweep"})
+      tr = tuning.tune(task, spec.text, num_steps, seeds, lrs=grid,
+                       cache_dir=cache_dir, window=window, **common)
+      best = tr.best
+      eval_steps = best.eval_steps
+      runs[tr.label] = _run_record(
+          best, window, kind="tuned", spec=tr.spec.canonical,
+          baseline=tr.baseline, best_lr=tr.best_lr, at_edge=tr.at_edge,
+          lrs=list(tr.lrs), scores=[_num(s) for s in tr.scores],
+          sweep_mean_train_loss=_finite_list(
+              np.mean(tr.sweep.train_loss.astype(np.float64), axis=1)),
+          sweep_wall_s=tr.sweep.wall_s, sweep_compile_s=tr.sweep.compile_s,
+          from_cache=tr.from_cache)
+      # The sweep program runs L x S runs at once; per-run step time is
+      # amortised over all of them.
+      curves[tr.label] = best.train_loss
+      tuned_labels.append(tr.label)
+      cb("done", {"task": tname, "what": f"{spec.name} sweep",
+                  "from_cache": tr.from_cache})
+    for spec, resolved in parsed:
+      cb("begin", {"task": tname, "what": spec.label})
+      if spec.kind == "baseline":
+        res, hit = tuning.run_baseline(task, spec, num_steps, seeds,
+                                       cache_dir=cache_dir, **common)
+        extra: Dict[str, Any] = {"from_cache": hit}
+      else:
+        res = runner.run(task, resolved, num_steps, seeds, **common)
+        extra = {"from_cache": False, "rule": resolved.header.get("rule")}
+      eval_steps = res.eval_steps
+      runs[spec.label] = _run_record(res, window, kind=spec.kind,
+                                     spec=spec.text, **extra)
+      curves[spec.label] = res.train_loss
+      cb("done", {"task": tname, "what": spec.label,
+                  "from_cache": extra["from_cache"]})
+    speedups = {}
+    for spec, _ in parsed:
+      speedups[spec.label] = {
+          b: metrics_lib.speedup(curves[spec.label], curves[b],
+                                 window).to_json()
+          for b in tuned_labels}
+    task_records[tname] = {
+        "eval_steps": [int(x) for x in eval_steps],
+        "runs": runs,
+        "speedups": speedups,
+    }
+
+  summary = {}
+  for spec, _ in parsed:
+    summary[spec.label] = {}
+    for b in [f"{s.name} (tuned)" for s, _ in sweeps]:
+      sp = [metrics_lib.Speedup(**{k: v for k, v in
+                                   task_records[t]["speedups"][spec.label][b]
+                                   .items() if k != "text"})
+            for t in task_records]
+      summary[spec.label][b] = metrics_lib.aggregate(sp)
+
+  return {
+      "format": RECORD_FORMAT,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "config": {
+          "num_steps": num_steps,
+          "seeds": list(seeds),
+          "eval_every": eval_every,
+          "window": window,
+          "smoothing": (f"trailing mean over {window} steps of the seed-mean "
+                        "training loss"),
+          "tasks": list(task_records),
+          "optimizers": [s.label for s, _ in parsed],
+          "optimizer_specs": [s.text for s, _ in parsed],
+          "baseline_sweep": [s.text for s, _ in sweeps],
+          "lrs": {s.name: list(g) for s, g in sweeps},
+          "num_valid_batches": num_valid_batches,
+          "num_test_batches": num_test_batches,
+          "cache_dir": cache_dir,
+          "jax_version": jax.__version__,
+          "backend": jax.default_backend(),
+      },
+      "tasks": task_records,
+      "summary": summary,
+  }
