@@ -1,0 +1,247 @@
+"""Offline datasets, split into disjoint train / valid / test parts.
+
+Every dataset here is available on any machine without a network:
+
+* scikit-learn's bundled ``digits`` (8x8 handwritten digits, pixels / 16 in
+  [0, 1]), ``wine``, ``breast_cancer`` and ``iris`` (features standardised with
+  the *train* split's mean and standard deviation);
+* ``mnist1d`` generated in-process with ``mnist1d.data.make_dataset`` and its
+  default arguments (seed 42; never the downloading ``get_dataset``);
+* ``stdlib_text``: bytes of a fixed, sorted list of the running Python's own
+  standard-library ``.py`` files, for a character-level language model.
+
+Splits are disjoint by construction: the sklearn sets are permuted once with
+a fixed seed and cut 70 / 15 / 15; mnist1d keeps its own test set and uses the
+last 500 of its 4000 training rows as the valid split; text is cut into
+contiguous 80 / 10 / 10 regions. Loads are memoised in-process (nothing is
+cached on disk) and the results are read-only NumPy arrays; :func:`device`
+returns (memoised) device-resident ``jnp`` copies for the tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import random
+import sysconfig
+from typing import Mapping, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.tasks.base import SPLITS
+
+#: Names accepted by :func:`load`.
+DATASETS: tuple[str, ...] = ("digits", "wine", "breast_cancer", "iris",
+                             "mnist1d")
+
+#: Standard-library files (sorted) whose text feeds the character-level LM.
+#: They exist in every CPython 3.11+ install that ships its ``.py`` sources.
+STDLIB_TEXT_FILES: tuple[str, ...] = (
+    "abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py",
+    "string.py", "textwrap.py")
+
+#: Vocabulary of the text dataset: byte values 0..127 (ASCII); any other byte
+#: is mapped to ``ord("?")``.
+TEXT_VOCAB_SIZE = 128
+
+_SPLIT_SEED = 0
+_FRACTIONS = (0.70, 0.15)  # train, valid; the rest is test
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """A supervised dataset with disjoint splits.
+
+  Attributes:
+    name: dataset name.
+    splits: ``{split: {"x": float32 [n, ...], "y": int32 [n]}}`` (NumPy,
+      read-only).
+    num_classes: number of label classes.
+    x_scale: factor applied to ``x`` when a batch is sampled (image files
+      keep uint8 pixels on device and use 1/255).
+  """
+
+  name: str
+  splits: Mapping[str, Mapping[str, np.ndarray]]
+  num_classes: int
+  x_scale: float = 1.0
+
+  @property
+  def input_shape(self) -> tuple[int, ...]:
+    return tuple(self.splits["train"]["x"].shape[1:])
+
+  def size(self, split: str) -> int:
+    return int(self.splits[split]["y"].shape[0])
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+  a = np.ascontiguousarray(a)
+  a.setflags(write=False)
+  return a
+
+
+def from_arrays(name: str,
+                parts: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                num_classes: int, x_scale: float = 1.0) -> Dataset:
+  """Builds a :class:`Dataset` from ``{split: (x, y)}`` for all of
+  :data:`SPLITS`. ``x`` stays uint8 if it is uint8 (scaled by ``x_scale``
+  when sampled), otherwise becomes float32; labels become int32."""
+  if set(parts) != set(SPLITS):
+    raise ValueError(f"Dataset {name!r} needs splits {SPLITS}, got "
+                     f"{sorted(parts)}.")
+  splits = {}
+  for s, (x, y) in parts.items():
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape[0] != y.shape[0] or y.ndim != 1 or x.shape[0] == 0:
+      raise ValueError(f"Dataset {name!r} split {s!r}: x of shape {x.shape} "
+                       f"and y of shape {y.shape} must be non-empty and "
+                       f"have matching first dimensions.")
+    x = x if x.dtype == np.uint8 else x.astype(np.float32)
+    splits[s] = {"x": _readonly(x), "y": _readonly(y.astype(np.int32))}
+  return Dataset(name, splits, int(num_classes), float(x_scale))
+
+
+_make = from_arrays
+
+
+def _sklearn(name: str) -> Dataset:
+  from sklearn import datasets as skd  # local import: optional dependency
+
+  loader = {"digits": skd.load_digits, "wine": skd.load_wine,
+            "breast_cancer": skd.load_breast_cancer,
+            "iris": skd.load_iris}[name]
+  bunch = loader()
+  x = np.asarray(bunch.data, np.float64)
+  y = np.asarray(bunch.target, np.int64)
+  perm = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
+  x, y = x[perm], y[perm]
+  n_train = int(round(_FRACTIONS[0] * len(y)))
+  n_valid = int(round(_FRACTIONS[1] * len(y)))
+  cuts = {"train": slice(0, n_train),
+          "valid": slice(n_train, n_train + n_valid),
+          "test": slice(n_train + n_valid, None)}
+  if name == "digits":
+    x = x / 16.0  # pixel intensities 0..16 -> [0, 1]
+  else:
+    mean = x[cuts["train"]].mean(0)
+    std = x[cuts["train"]].std(0) + 1e-8
+    x = (x - mean) / std
+  parts = {s: (x[c], y[c]) for s, c in cuts.items()}
+  return _make(name, parts, int(y.max()) + 1)
+
+
+def _mnist1d() -> Dataset:
+  from mnist1d.data import get_dataset_args, make_dataset
+
+  args = get_dataset_args()  # defaults: 5000 samples, seed 42, length 40
+  # make_dataset reseeds the global NumPy / `random` generators; restore them
+  # so that loading data has no side effects on the caller's randomness.
+  np_state, py_state = np.random.get_state(), random.getstate()
+  try:
+    data = make_dataset(args)
+  finally:
+    np.random.set_state(np_state)
+    random.setstate(py_state)
+  x, y = np.asarray(data["x"]), np.asarray(data["y"])
+  n_valid = 500
+  parts = {"train": (x[:-n_valid], y[:-n_valid]),
+           "valid": (x[-n_valid:], y[-n_valid:]),
+           "test": (np.asarray(data["x_test"]), np.asarray(data["y_test"]))}
+  return _make("mnist1d", parts, 10)
+
+
+@functools.lru_cache(maxsize=None)
+def load(name: str) -> Dataset:
+  """Loads (memoised in-process) one of :data:`DATASETS`."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {DATASETS}. "
+                     "MNIST / Fashion-MNIST / CIFAR-10 files are read by "
+                     "lopt.tasks.image_files.")
+  if name == "mnist1d":
+    return _mnist1d()
+  return _sklearn(name)
+
+
+def stdlib_dir() -> str:
+  """Directory of the running interpreter's standard-library sources."""
+  return sysconfig.get_paths()["stdlib"]
+
+
+@functools.lru_cache(maxsize=None)
+def stdlib_text(files: Sequence[str] = STDLIB_TEXT_FILES
+                ) -> Mapping[str, np.ndarray]:
+  """Character codes (uint8, < :data:`TEXT_VOCAB_SIZE`) of the concatenated
+  standard-library ``files`` (in sorted order), cut into contiguous
+  80 / 10 / 10 train / valid / test regions (memoised)."""
+  root = stdlib_dir()
+  found = [f for f in sorted(files) if os.path.isfile(os.path.join(root, f))]
+  if not found:
+    raise FileNotFoundError(
+        f"None of the standard-library sources {tuple(files)} exist under "
+        f"{root!r}; the character-level LM tasks need the Python stdlib .py "
+        "files (install the full Python, not a .pyc-only build).")
+  raw = b"".join(open(os.path.join(root, f), "rb").read() for f in found)
+  codes = np.frombuffer(raw, np.uint8).copy()
+  codes[codes >= TEXT_VOCAB_SIZE] = ord("?")
+  n = len(codes)
+  a, b = int(0.8 * n), int(0.9 * n)
+  return {"train": _readonly(codes[:a]), "valid": _readonly(codes[a:b]),
+          "test": _readonly(codes[b:])}
+
+
+@functools.lru_cache(maxsize=None)
+def _device(name: str) -> Mapping[str, Mapping[str, jnp.ndarray]]:
+  ds = load(name)
+  return {s: {k: jnp.asarray(v) for k, v in ds.splits[s].items()}
+          for s in SPLITS}
+
+
+_DEVICE_BY_ID: dict = {}
+
+
+def device(dataset: Union[str, Dataset]
+           ) -> Mapping[str, Mapping[str, jnp.ndarray]]:
+  """Device-resident ``jnp`` arrays ``{split: {"x", "y"}}`` of a dataset
+  name or :class:`Dataset` (memoised)."""
+  if isinstance(dataset, str):
+    return _device(dataset)
+  entry = _DEVICE_BY_ID.get(id(dataset))
+  if entry is None or entry[0] is not dataset:
+    arrays = {s: {k: jnp.asarray(v) for k, v in dataset.splits[s].items()}
+              for s in SPLITS}
+    entry = _DEVICE_BY_ID[id(dataset)] = (dataset, arrays)
+  return entry[1]
+
+
+def resolve(dataset: Union[str, Dataset]) -> Dataset:
+  """A :class:`Dataset` from a name in :data:`DATASETS` or a Dataset."""
+  if isinstance(dataset, Dataset):
+    return dataset
+  if isinstance(dataset, str):
+    return load(dataset)
+  raise TypeError(f"dataset must be a name in {DATASETS} or a "
+                  f"lopt.tasks.datasets.Dataset, got {type(dataset).__name__}.")
+
+
+def sample(key: jnp.ndarray, dataset: Dataset,
+           arrays: Mapping[str, jnp.ndarray], batch_size: int) -> dict:
+  """``batch_size`` rows drawn uniformly with replacement
+  (``jax.random.randint`` over indices); ``x`` is returned as float32
+  times ``dataset.x_scale``."""
+  n = arrays["y"].shape[0]
+  idx = jax.random.randint(key, (batch_size,), 0, n)
+  x = jnp.take(arrays["x"], idx, axis=0).astype(jnp.float32)
+  if dataset.x_scale != 1.0:
+    x = x * jnp.float32(dataset.x_scale)
+  return {"x": x, "y": jnp.take(arrays["y"], idx, axis=0)}
+
+
+@functools.lru_cache(maxsize=None)
+def device_text(files: Sequence[str] = STDLIB_TEXT_FILES
+                ) -> Mapping[str, jnp.ndarray]:
+  """Device-resident int32 character codes ``{split: [n]}`` (memoised)."""
+  return {s: jnp.asarray(v, jnp.int32)
+          for s, v in stdlib_text(tuple(files)).items()}

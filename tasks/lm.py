@@ -1,0 +1,193 @@
+"""A small character-level transformer language model on the running
+Python's own standard-library sources (:func:`lopt.tasks.datasets.stdlib_text`).
+
+Pre-LayerNorm decoder: ``h = E[tokens] + P``; for each block
+``h += Attn(LN(h))``, ``h += MLP(LN(h))`` with causal multi-head attention
+(logit scale ``1/sqrt(d_head)``, or ``1/d_head`` under muP) and a
+``d -> 4d -> d`` MLP; logits ``= m * LN(h) W_out + b`` (``m = 1/d`` under
+muP). Loss: mean next-character softmax cross-entropy over the ``T``
+positions of each window, ``loss_scale = log(vocab)`` (uniform prediction).
+A batch is ``{"tokens": int32 [B, T + 1]}`` of windows starting at uniform
+random offsets inside one split's contiguous region of the text.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+
+from lopt.base import ParamMeta
+from lopt.tasks import common, datasets, mup
+from lopt.tasks.base import PyTree, Task, TaskFamily, check_split
+
+Array = jax.Array
+Scalar = Union[float, int, Array]
+
+
+def _layer_norm(x: Array, p: PyTree) -> Array:
+  mean = jnp.mean(x, -1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+class CharTransformerLM(Task):
+  """Character-level transformer LM (see module docstring).
+
+  Args:
+    d_model: residual width; num_heads: attention heads (must divide
+      d_model); num_layers: blocks; seq_len: context ``T``; batch_size: ``B``.
+    activation: MLP activation (name or index, may be traced).
+    init_scale: multiplies every initial weight (may be traced).
+    parametrization: ``"standard"`` or ``"mup"``.
+  """
+
+  def __init__(self, d_model: int = 64, num_heads: int = 4,
+               num_layers: int = 2, seq_len: int = 32, batch_size: int = 16,
+               activation: Union[str, Scalar] = "gelu",
+               init_scale: Scalar = 1.0, parametrization: str = "standard",
+               name: Optional[str] = None):
+    for arg, v in (("d_model", d_model), ("num_heads", num_heads),
+                   ("num_layers", num_layers), ("seq_len", seq_len),
+                   ("batch_size", batch_size)):
+      if int(v) < 1:
+        raise ValueError(f"{arg} must be >= 1, got {v}.")
+    if d_model % num_heads:
+      raise ValueError(f"num_heads={num_heads} must divide d_model="
+                       f"{d_model}.")
+    self.d_model, self.num_heads = int(d_model), int(num_heads)
+    self.num_layers, self.seq_len = int(num_layers), int(seq_len)
+    self.batch_size = int(batch_size)
+    self.vocab_size = datasets.TEXT_VOCAB_SIZE
+    self.parametrization = mup.check_parametrization(parametrization)
+    self.activation = common.activation_index(activation)
+    self.init_scale = init_scale
+    self.dataset = "stdlib_text"
+    self._text = datasets.device_text()
+    for split, t in self._text.items():
+      if t.shape[0] < self.seq_len + 2:
+        raise ValueError(f"The {split} text split has {t.shape[0]} "
+                         f"characters, too few for seq_len={seq_len}.")
+    self.loss_scale = math.log(self.vocab_size)
+    self.name = name or "char_lm"
+
+  @property
+  def param_meta(self) -> PyTree:
+    d, v, t = self.d_model, self.vocab_size, self.seq_len
+    vec = lambda n: ParamMeta("vector", 1, n)  # noqa: E731
+    ln = {"scale": vec(d), "bias": vec(d)}
+    block = {"ln1": ln, "ln2": ln,
+             "qkv": ParamMeta("hidden", d, 3 * d),
+             "proj": ParamMeta("hidden", d, d),
+             "mlp_in": ParamMeta("hidden", d, 4 * d), "mlp_in_b": vec(4 * d),
+             "mlp_out": ParamMeta("hidden", 4 * d, d), "mlp_out_b": vec(d)}
+    meta = {f"block_{i}": dict(block) for i in range(self.num_layers)}
+    meta.update({"embed": ParamMeta("input", v, d),
+                 "pos": ParamMeta("input", t, d), "ln_f": ln,
+                 "readout": {"w": ParamMeta("output", d, v), "b": vec(v)}})
+    return meta
+
+  def init(self, key: Array) -> PyTree:
+    s, pz = self.init_scale, self.parametrization
+
+    def init_leaf(k, m: ParamMeta, last_key: str):
+      if m.kind == "vector":  # LayerNorm scales start at 1, biases at 0
+        fill = 1.0 if last_key == "scale" else 0.0
+        return jnp.full((m.fan_out,), fill, jnp.float32)
+      if m.kind == "input":  # embedding tables (one-hot inputs): N(0, s^2)
+        return s * jax.random.normal(k, (m.fan_in, m.fan_out), jnp.float32)
+      return mup.init_dense(k, m, s, pz)
+
+    meta = self.param_meta
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(meta)
+    keys = jax.random.split(key, len(leaves))
+    out = [init_leaf(k, m, getattr(p[-1], "key", ""))
+           for k, (p, m) in zip(keys, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+  def sample_batch(self, key: Array, split: str = "train") -> PyTree:
+    check_split(split)
+    text = self._text[split]
+    start = jax.random.randint(key, (self.batch_size,), 0,
+                               text.shape[0] - self.seq_len)
+    idx = start[:, None] + jnp.arange(self.seq_len + 1)[None, :]
+    return {"tokens": text[idx]}
+
+  def logits(self, params: PyTree, tokens: Array) -> Array:
+    b, t = tokens.shape
+    d, nh = self.d_model, self.num_heads
+    dh = d // nh
+    scale = mup.attention_scale(dh, self.parametrization)
+    h = params["embed"][tokens] + params["pos"][:t]
+    mask = jnp.tril(jnp.ones((t, t), bool))
+    for i in range(self.num_layers):
+      p = params[f"block_{i}"]
+      x = _layer_norm(h, p["ln1"])
+      q, k, v = jnp.split(x @ p["qkv"], 3, axis=-1)
+      q, k, v = (a.reshape(b, t, nh, dh) for a in (q, k, v))
+      att = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+      att = jax.nn.softmax(jnp.where(mask, att, -1e9), axis=-1)
+      o = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(b, t, d)
+      h = h + o @ p["proj"]
+      x = _layer_norm(h, p["ln2"])
+      x = common.apply_activation(x @ p["mlp_in"] + p["mlp_in_b"],
+                                  self.activation)
+      h = h + x @ p["mlp_out"] + p["mlp_out_b"]
+    h = _layer_norm(h, params["ln_f"])
+    mult = mup.output_multiplier(d, self.parametrization)
+    return (h @ params["readout"]["w"]) * mult + params["readout"]["b"]
+
+  def _check(self, batch):
+    common.check_batch(batch, {"tokens": (self.seq_len + 1,)}, self.name)
+
+  def loss(self, params: PyTree, batch: PyTree, key: Array = None) -> Array:
+    self._check(batch)
+    tokens = batch["tokens"]
+    logits = self.logits(params, tokens[:, :-1])
+    return common.softmax_cross_entropy(logits, tokens[:, 1:])
+
+  def metrics(self, params, batch, key=None):
+    self._check(batch)
+    tokens = batch["tokens"]
+    logits = self.logits(params, tokens[:, :-1])
+    return {"loss": common.softmax_cross_entropy(logits, tokens[:, 1:]),
+            "accuracy": common.accuracy(logits, tokens[:, 1:])}
+
+
+class CharLMFamily(TaskFamily):
+  """Character LMs of one shape class; samples ``init_scale`` (log-uniform
+  in [0.5, 2]) and the MLP ``activation``."""
+
+  _KEYS = ("init_scale", "activation")
+
+  def __init__(self, d_model: int = 64, num_heads: int = 4,
+               num_layers: int = 2, seq_len: int = 32, batch_size: int = 16,
+               activations: Sequence[Union[str, int]] = ("gelu", "relu",
+                                                         "silu"),
+               init_scale_range: tuple[float, float] = (0.5, 2.0),
+               parametrization: str = "standard",
+               name: Optional[str] = None):
+    self.kwargs = dict(d_model=d_model, num_heads=num_heads,
+                       num_layers=num_layers, seq_len=seq_len,
+                       batch_size=batch_size, parametrization=parametrization)
+    self.activations = tuple(common.activation_index(a) for a in activations)
+    self.init_scale_range = tuple(float(v) for v in init_scale_range)
+    self.name = name or "char_lm"
+    CharTransformerLM(**self.kwargs)  # validate args early
+
+  def sample(self, key: Array) -> PyTree:
+    k1, k2 = jax.random.split(key)
+    acts = jnp.asarray(self.activations, jnp.int32)
+    return {"init_scale": common.log_uniform(k1, *self.init_scale_range),
+            "activation": acts[jax.random.randint(k2, (), 0, len(acts))]}
+
+  def default_config(self) -> PyTree:
+    return {"init_scale": jnp.float32(1.0),
+            "activation": jnp.int32(self.activations[0])}
+
+  def task(self, config: PyTree) -> CharTransformerLM:
+    common.check_config(config, self._KEYS, self.name)
+    return CharTransformerLM(**self.kwargs, activation=config["activation"],
+                             init_scale=config["init_scale"], name=self.name)
