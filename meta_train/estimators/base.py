@@ -1,0 +1,227 @@
+"""Shared machinery of the gradient estimators.
+
+Every estimator implements one interface (:class:`GradientEstimator`)::
+
+    worker_state = estimator.init(theta, key)
+    grad, worker_state, metrics = estimator.estimate(theta, worker_state, key)
+
+``init``'s key is the *seed* key (per-task randomness derives from it and the
+global task index); ``estimate``'s key is the per-outer-step key (the same for
+every worker of a distributed run). ``grad`` is the average over the
+estimator's particles; ``metrics["num_particles"]`` is the weight a learner
+uses to average several workers.
+
+The antithetic estimators (ES-Single, PES, truncated ES, FullES) share
+:func:`antithetic_unroll`: particle ``i`` is a pair of inner states unrolled
+under ``theta + eps_i`` and ``theta - eps_i`` with common random numbers
+(same data and init keys on both sides). Each step's loss difference
+``d_t = L_t(+) - L_t(-)`` is credited to the *credit vector* in effect at that
+step, and the estimate of a particle is ``sum_t credit_t * d_t / (2 s^2)``.
+What differs between estimators is the perturbation and the credit:
+
+=============  ========================  ==================================
+estimator      perturbation eps          credit of a step
+=============  ========================  ==================================
+ES-Single      per episode (kept)        eps of the step's episode
+PES            fresh each truncation     xi = sum of eps since episode start
+truncated ES   fresh each truncation     eps of this truncation
+FullES         per episode, whole run    eps
+=============  ========================  ==================================
+
+On a reset inside a truncation the credit becomes the perturbation of the new
+episode (for PES: only this truncation's eps influenced the new episode), so
+the loss of the first step of a new episode is never credited to the old
+episode's noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, NamedTuple, Optional, Protocol, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.meta_train import unroll as U
+
+PyTree = Any
+Array = jax.Array
+
+REDUCTIONS = ("mean", "sum")
+
+
+class GradientEstimator(Protocol):
+  """A meta-gradient estimator over a slice of the task batch."""
+
+  name: str
+  num_particles_total: int
+
+  def init(self, theta: PyTree, key: Array) -> PyTree:
+    ...
+
+  def estimate(self, theta: PyTree, worker_state: PyTree, key: Array
+               ) -> Tuple[PyTree, PyTree, Dict[str, Array]]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class EstimatorBase:
+  """Common constructor arguments.
+
+  Attributes:
+    system: the :class:`lopt.meta_train.unroll.UnrollSystem` to unroll.
+    num_tasks: number of tasks in the whole batch (used when ``task_indices``
+      is None: this estimator owns tasks ``0 .. num_tasks-1``).
+    trunc_length: K, inner steps per ``estimate`` call.
+    num_particles: antithetic pairs (or TBPTT copies) per task.
+    std: s, standard deviation of the perturbations ``eps ~ N(0, s^2 I)``.
+    random_offsets: start each task's first episode at a random step.
+    reduce: ``"mean"``: the meta-objective of a call is the mean per-step
+      loss over the unrolled steps; ``"sum"``: their sum.
+    task_indices: the global task indices this estimator (worker) owns.
+  """
+
+  system: Any
+  num_tasks: int = 8
+  trunc_length: int = 50
+  num_particles: int = 1
+  std: float = 0.01
+  random_offsets: bool = True
+  reduce: str = "mean"
+  task_indices: Optional[Sequence[int]] = None
+
+  name = "base"
+
+  def __post_init__(self):
+    for f in ("num_tasks", "trunc_length", "num_particles"):
+      v = getattr(self, f)
+      if int(v) < 1:
+        raise ValueError(f"{type(self).__name__}: {f} must be >= 1, got {v}.")
+    if not float(self.std) > 0:
+      raise ValueError(f"{type(self).__name__}: std must be > 0, got "
+                       f"{self.std}.")
+    if self.reduce not in REDUCTIONS:
+      raise ValueError(f"{type(self).__name__}: reduce must be one of "
+                       f"{REDUCTIONS}, got {self.reduce!r}.")
+
+  @property
+  def indices(self) -> np.ndarray:
+    if self.task_indices is None:
+      return np.arange(self.num_tasks, dtype=np.int32)
+    return np.asarray(self.task_indices, dtype=np.int32)
+
+  @property
+  def num_particles_total(self) -> int:
+    return len(self.indices) * self.num_particles
+
+  def _episodes(self, key: Array) -> U.Episode:
+    return U.initial_episodes(self.system, key, self.indices,
+                              self.num_particles, self.random_offsets)
+
+
+class ESCarry(NamedTuple):
+  ep: U.Episode
+  inner: PyTree      # [2, P, ...] antithetic inner states
+  eps: PyTree        # [P, ...]   current perturbation
+  credit: PyTree     # [P, ...]   vector credited with d_t
+  gsum: PyTree       # [P, ...]   sum_t credit_t * d_t
+  loss_sum: Array    # [P] sum of (L+ + L-)/2 over counted steps
+  counted: Array     # [P] counted (finite, active) steps
+  nonfinite: Array   # [P] steps with a non-finite loss
+  resets: Array      # [P] resets (episode ends and non-finite)
+
+
+def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
+                      inner: PyTree, eps: PyTree, credit: PyTree,
+                      num_steps: int, *, std: float,
+                      resample_on_reset: bool,
+                      allow_reset: bool = True) -> ESCarry:
+  """Unrolls ``num_steps`` antithetic steps with ``lax.scan``.
+
+  Args:
+    system: the inner problem.
+    theta: unperturbed meta-parameters.
+    ep: per-particle episodes ``[P]``.
+    inner: antithetic inner states ``[2, P, ...]``.
+    eps: current perturbations ``[P, ...]``.
+    credit: credit vector at the first step ``[P, ...]``.
+    num_steps: static number of steps.
+    std: perturbation scale (for resampled noise).
+    resample_on_reset: draw the new episode's ES-Single noise on a reset
+      (else keep ``eps``, as PES and truncated ES do).
+    allow_reset: reset finished episodes (FullES passes False and masks the
+      steps past the horizon instead).
+  Returns:
+    The final :class:`ESCarry`.
+  """
+  num = ep.t.shape[0]
+  zeros_p = jnp.zeros([num], jnp.float32)
+  zi = jnp.zeros([num], jnp.int32)
+  c0 = ESCarry(ep, inner, eps, credit,
+               jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), eps),
+               zeros_p, zi, zi, zi)
+
+  def do_reset(c: ESCarry) -> ESCarry:
+    need = U.needs_reset(c.ep)
+    new_ep = U.next_episodes(system, c.ep)
+    new_eps = (U.episode_noise(new_ep, theta, std) if resample_on_reset
+               else c.eps)
+    theta_pm = U.perturbed(theta, new_eps)
+    new_inner = jax.vmap(lambda th: U.init_inner(system, th, new_ep))(
+        theta_pm)
+    eps_ = U.tree_select(need, new_eps, c.eps)
+    return c._replace(
+        ep=U.tree_select(need, new_ep, c.ep),
+        inner=U.tree_select_axis(need, new_inner, c.inner, 1),
+        eps=eps_,
+        credit=U.tree_select(need, eps_, c.credit),
+        resets=c.resets + need.astype(jnp.int32))
+
+  def body(c: ESCarry, _):
+    if allow_reset:
+      c = jax.lax.cond(jnp.any(U.needs_reset(c.ep)), do_reset, lambda c: c, c)
+      active = jnp.ones([num], bool)
+    else:
+      active = (c.ep.t < c.ep.horizon) & ~c.ep.bad
+    theta_pm = U.perturbed(theta, c.eps)
+    keys = U.step_keys(c.ep)
+    step = jax.vmap(jax.vmap(system.step), in_axes=(0, 0, None))
+    new_inner, loss = step(theta_pm, c.inner, keys)
+    lp, lm = loss[0], loss[1]
+    finite = jnp.isfinite(lp) & jnp.isfinite(lm)
+    ok = finite & active
+    d = jnp.where(ok, lp - lm, 0.0).astype(jnp.float32)
+    bad = c.ep.bad | (active & ~finite) if not allow_reset else ~finite
+    c = c._replace(
+        ep=c.ep._replace(t=c.ep.t + 1, bad=bad),
+        inner=new_inner,
+        gsum=U.tree_axpy(d, c.credit, c.gsum),
+        loss_sum=c.loss_sum + jnp.where(ok, 0.5 * (lp + lm), 0.0),
+        counted=c.counted + ok.astype(jnp.int32),
+        nonfinite=c.nonfinite + (active & ~finite).astype(jnp.int32))
+    return c, None
+
+  c, _ = jax.lax.scan(body, c0, None, length=num_steps)
+  return c
+
+
+def es_gradient(c: ESCarry, std: float, denom: Array | float) -> PyTree:
+  """``mean_i sum_t credit_{i,t} d_{i,t} / (2 s^2 denom_i)``."""
+  denom = jnp.asarray(denom, jnp.float32)
+  scale = 1.0 / (2.0 * std * std) / denom
+  return jax.tree.map(
+      lambda g: jnp.mean(U._bcast(jnp.broadcast_to(scale, g.shape[:1]), g) * g,
+                         axis=0), c.gsum)
+
+
+def es_metrics(c: ESCarry, num_steps: int) -> Dict[str, Array]:
+  num = c.counted.shape[0]
+  counted = jnp.sum(c.counted)
+  return {
+      "meta_loss": jnp.sum(c.loss_sum) / jnp.maximum(counted, 1),
+      "inner_steps": jnp.asarray(2 * num * num_steps, jnp.float32),
+      "resets": jnp.sum(c.resets).astype(jnp.float32),
+      "nonfinite": jnp.sum(c.nonfinite).astype(jnp.float32),
+      "num_particles": jnp.asarray(num, jnp.float32),
+  }
