@@ -18,7 +18,9 @@ the parameter p and float32 accumulators (decays ``b_k``)::
 features x = [g, p, m_1..3, sqrt(v), rsqrt(v), g rsqrt(v), m_1..3 rsqrt(v),
 vhat_1..3, rsqrt(vhat_1..3), g rsqrt(vhat_1..3), m_1..3 rsqrt(vhat_1..3)]
 (with ``rsqrt(x) = 1/sqrt(x + eps)``), each divided by its RMS over the tensor
-(``x_f / sqrt(mean(x_f^2) + eps)``), and time features
+(``x_f / sqrt(mean(x_f^2) + eps)``; for tensors above ``norm_sample`` elements
+the mean runs over a fixed evenly strided subset of that size), and time
+features
 ``tanh(frac / s)`` of the fraction of training done ``frac = step / num_steps``.
 A small MLP (ReLU) maps the features to a direction ``d`` and a magnitude
 ``mg``, plus a linear skip path from the features to ``d``::
@@ -95,6 +97,31 @@ def _init_leaf(p) -> LeafState:
   return LeafState(z((3,) + shape), z(shape), z((3,) + shape), z((3, 0)))
 
 
+def _strided_sample(g, p, ls: LeafState, stride: int):
+  """Every ``stride``-th element (row-major) of g, p and the accumulators,
+  as 1-D arrays, with the factored moments expanded at those positions."""
+  flat = lambda x: x.reshape(-1)[::stride]
+  n = g.size
+  idx = jnp.arange(0, n, stride)
+  if _factored(g.shape):
+    cols = g.shape[-1]
+    rows_total = n // cols
+    r_i = idx // cols            # index into the flattened leading dims
+    c_i = idx % cols
+    inner_rows = g.shape[-2]
+    lead = r_i // inner_rows     # index into dims before the last two
+    row = ls.row.reshape(3, rows_total)[:, r_i]
+    col = ls.col.reshape(3, -1, cols)[:, lead, c_i]
+    # A 1-D sample is "unfactored": its row accumulator holds vhat itself.
+    row_mean = common.safe_mean(ls.row, axis=-1).reshape(3, -1)[:, lead]
+    vhat = row * col / (row_mean + 1e-30)
+    sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), vhat, ls.col[:, :0])
+    return flat(g), flat(p), sample
+  sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), jax.vmap(flat)(ls.row),
+                     ls.col)
+  return flat(g), flat(p), sample
+
+
 def _bcast(d: jax.Array, ndim: int) -> jax.Array:
   return jnp.reshape(d, (3,) + (1,) * ndim)
 
@@ -110,6 +137,9 @@ class PerParamMLP:
     timescales: timescales ``s`` of the ``tanh(frac / s)`` time features.
     initial_step_scale: ``exp(log_step_scale)`` at initialisation.
     exp_mult: multiplier of the magnitude output inside the exponential.
+    norm_sample: the per-tensor feature RMS is computed over an evenly
+      strided subset of about this many elements (exact for tensors that are
+      not larger).
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -119,6 +149,7 @@ class PerParamMLP:
   timescales: Tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
   initial_step_scale: float = 1e-3
   exp_mult: float = 0.1
+  norm_sample: int = 2048
   mup: bool = False
 
   uses_loss = False
@@ -223,9 +254,26 @@ class PerParamMLP:
     if g.size == 0:
       return ls, None, None
     feats = self._features(g, common.f32(p), ls)
-    inv = jnp.stack([jax.lax.rsqrt(jnp.mean(jnp.square(f)) + _NORM_EPS)
-                     for f in feats])
+    inv = self._feature_inv_rms(g, common.f32(p), ls, feats)
     return ls, feats, inv
+
+  def _feature_inv_rms(self, g, p, ls: LeafState, feats) -> jax.Array:
+    """``1 / RMS`` of every feature over the tensor.
+
+    For tensors larger than ``norm_sample`` elements the RMS is taken over a
+    fixed, evenly strided subset of about ``norm_sample`` elements (exact for
+    smaller tensors). The reductions would otherwise dominate the rule's cost
+    (23 passes over the tensor, see README performance section).
+    """
+    n = g.size
+    stride = max(1, -(-n // self.norm_sample))
+    if stride == 1:
+      sub = feats
+    else:
+      g_s, p_s, ls_s = _strided_sample(g, p, ls, stride)
+      sub = self._features(g_s, p_s, ls_s)
+    return jnp.stack([jax.lax.rsqrt(jnp.mean(jnp.square(f)) + _NORM_EPS)
+                      for f in sub])
 
   def leaf_apply(self, net, time_feats, feats, inv, log_scale, mu_scale,
                  p) -> jax.Array:
