@@ -1,0 +1,239 @@
+"""Meta-training configuration: a dataclass loadable from YAML / JSON with
+``key=value`` overrides, validated before any work starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import yaml
+
+SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+  """A bad meta-training configuration (one clear message)."""
+
+
+@dataclasses.dataclass
+class MetaTrainConfig:
+  """Everything that defines a meta-training run.
+
+  What is learned:
+    rule: learned-optimizer rule name (``lopt.rules.names()``).
+    rule_config: constructor kwargs of the rule.
+    task_family: task family name (``lopt.tasks.list_families()``).
+  Gradient estimation (see :mod:`lopt.meta_train.estimators`):
+    estimator: ``es_single``, ``pes``, ``truncated_es``, ``full_es``,
+      ``tbptt``.
+    num_tasks: tasks in the batch; num_particles: antithetic pairs per task.
+    trunc_length: K, inner steps per outer step.
+    horizon_min, horizon_max: log-uniform episode lengths.
+    std: ES perturbation scale s.
+    random_offsets: spread the first episode's resets over outer steps.
+    meta_loss: ``train`` or ``valid``; log_loss: log of the normalised loss;
+    loss_clip: clip the normalised per-step loss (0: off).
+    tbptt_clip: global-norm clip of each TBPTT estimate (0: off).
+  Outer optimizer (optax Adam):
+    outer_steps, learning_rate, b1, b2, clip_norm (global norm, 0: off),
+    warmup_steps (linear warmup), schedule (``constant`` / ``cosine``),
+    final_lr_fraction (cosine end value as a fraction of the peak).
+  Bookkeeping:
+    seed; log_every (TensorBoard/console); checkpoint_every, keep_checkpoints
+    (orbax); eval_every (0: off), eval_tasks, eval_steps (a fixed evaluation
+    of theta on fresh tasks of the family; picks the "best" theta -- without
+    it the best theta is the one with the lowest EMA meta-loss); ema_decay.
+  """
+
+  rule: str = "mlp"
+  rule_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  task_family: str = "digits_mlp"
+
+  estimator: str = "es_single"
+  num_tasks: int = 8
+  num_particles: int = 1
+  trunc_length: int = 50
+  horizon_min: int = 100
+  horizon_max: int = 1000
+  std: float = 0.01
+  random_offsets: bool = True
+  meta_loss: str = "train"
+  log_loss: bool = False
+  loss_clip: float = 0.0
+  tbptt_clip: float = 1.0
+
+  outer_steps: int = 1000
+  learning_rate: float = 3e-3
+  b1: float = 0.9
+  b2: float = 0.999
+  clip_norm: float = 1.0
+  warmup_steps: int = 0
+  schedule: str = "constant"
+  final_lr_fraction: float = 0.1
+
+  seed: int = 0
+  log_every: int = 10
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+  eval_every: int = 0
+  eval_tasks: int = 4
+  eval_steps: int = 200
+  ema_decay: float = 0.95
+
+  # -- construction ---------------------------------------------------------
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> "MetaTrainConfig":
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ConfigError(f"Unknown config field(s) {unknown}; known fields: "
+                        f"{', '.join(sorted(known))}.")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(k, v, hints[k]) for k, v in d.items()}
+    return cls(**kwargs)
+
+  @classmethod
+  def from_file(cls, path: str | os.PathLike) -> "MetaTrainConfig":
+    path = os.fspath(path)
+    try:
+      with open(path) as f:
+        text = f.read()
+    except OSError as e:
+      raise ConfigError(f"Cannot read config file {path!r}: {e}") from None
+    try:
+      d = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+      raise ConfigError(f"Cannot parse config file {path!r}: {e}") from None
+    if d is not None and not isinstance(d, dict):
+      raise ConfigError(f"Config file {path!r} must hold a mapping, got "
+                        f"{type(d).__name__}.")
+    return cls.from_dict(d or {})
+
+  def with_overrides(self, overrides: Sequence[str]) -> "MetaTrainConfig":
+    """Applies ``key=value`` strings (values parsed as YAML scalars, e.g.
+    ``num_tasks=4``, ``rule_config={hidden_sizes: [8]}``)."""
+    d = self.to_dict()
+    for item in overrides or ():
+      if "=" not in item:
+        raise ConfigError(f"Override {item!r} is not of the form key=value.")
+      key, value = item.split("=", 1)
+      key = key.strip()
+      try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+      except yaml.YAMLError as e:
+        raise ConfigError(f"Cannot parse override {item!r}: {e}") from None
+      d[key] = parsed
+    return type(self).from_dict(d)
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  # -- validation -----------------------------------------------------------
+
+  def validate(self) -> "MetaTrainConfig":
+    """Checks names and sizes; raises :class:`ConfigError` (one message)."""
+    problems = []
+    positive = ("num_tasks", "num_particles", "trunc_length", "horizon_min",
+                "horizon_max", "outer_steps", "log_every", "eval_tasks",
+                "eval_steps", "keep_checkpoints")
+    for name in positive:
+      if getattr(self, name) < 1:
+        problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+    for name in ("warmup_steps", "checkpoint_every", "eval_every",
+                 "loss_clip", "tbptt_clip", "clip_norm"):
+      if getattr(self, name) < 0:
+        problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
+    if self.horizon_min > self.horizon_max:
+      problems.append(f"horizon_min ({self.horizon_min}) > horizon_max "
+                      f"({self.horizon_max})")
+    if not self.std > 0:
+      problems.append(f"std must be > 0 (got {self.std})")
+    if not self.learning_rate > 0:
+      problems.append(f"learning_rate must be > 0 (got {self.learning_rate})")
+    for name in ("b1", "b2", "ema_decay"):
+      if not 0 <= getattr(self, name) < 1:
+        problems.append(f"{name} must be in [0, 1) (got "
+                        f"{getattr(self, name)})")
+    if not 0 <= self.final_lr_fraction <= 1:
+      problems.append("final_lr_fraction must be in [0, 1] (got "
+                      f"{self.final_lr_fraction})")
+    if self.schedule not in SCHEDULES:
+      problems.append(f"schedule must be one of {SCHEDULES} (got "
+                      f"{self.schedule!r})")
+    if self.meta_loss not in ("train", "valid"):
+      problems.append(f"meta_loss must be 'train' or 'valid' (got "
+                      f"{self.meta_loss!r})")
+
+    from lopt.meta_train import estimators
+    if self.estimator not in estimators.names():
+      problems.append(f"unknown estimator {self.estimator!r} (known: "
+                      f"{', '.join(estimators.names())})")
+    import lopt
+    if self.rule not in lopt.rules.names():
+      problems.append(f"unknown rule {self.rule!r} (known: "
+                      f"{', '.join(lopt.rules.names())})")
+    else:
+      try:
+        lopt.rules.get(self.rule, **self.rule_config)
+      except (ValueError, TypeError) as e:
+        problems.append(f"bad rule_config for {self.rule!r}: {e}")
+    import lopt.tasks
+    if self.task_family not in lopt.tasks.list_families():
+      problems.append(f"unknown task family {self.task_family!r} (known: "
+                      f"{', '.join(lopt.tasks.list_families())})")
+    if problems:
+      raise ConfigError("Invalid meta-training config: " +
+                        "; ".join(problems) + ".")
+    return self
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+  """Converts ``value`` to the field's type; one clear error otherwise."""
+  try:
+    if hint is bool:
+      if isinstance(value, bool):
+        return value
+      if isinstance(value, str) and value.lower() in ("true", "false", "1",
+                                                      "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+      if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+      raise TypeError
+    if hint is int:
+      if isinstance(value, bool) or (isinstance(value, float)
+                                     and not value.is_integer()):
+        raise TypeError
+      return int(value)
+    if hint is float:
+      if isinstance(value, bool):
+        raise TypeError
+      return float(value)
+    if hint is str:
+      if not isinstance(value, str):
+        raise TypeError
+      return value
+    origin = typing.get_origin(hint)
+    if origin in (dict, Dict) or hint is dict:
+      if value is None:
+        return {}
+      if not isinstance(value, Mapping):
+        raise TypeError
+      return dict(value)
+    return value
+  except (TypeError, ValueError):
+    tname = getattr(hint, "__name__", str(hint))
+    raise ConfigError(f"Config field {name!r} expects {tname}, got "
+                      f"{value!r}.") from None
+
+
+def load_config(path: Optional[str] = None,
+                overrides: Sequence[str] = ()) -> MetaTrainConfig:
+  """Loads ``path`` (YAML or JSON; defaults if None), applies overrides and
+  validates."""
+  cfg = (MetaTrainConfig.from_file(path) if path else MetaTrainConfig())
+  return cfg.with_overrides(overrides).validate()

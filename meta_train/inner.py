@@ -1,0 +1,148 @@
+"""Learned-optimizer inner training as an unrollable system.
+
+:class:`InnerTraining` wraps a rule (``lopt.rules``) and a task family
+(``lopt.tasks``) into the :class:`~lopt.meta_train.unroll.UnrollSystem`
+interface the estimators use. An inner state holds the task config, the task
+parameters and the rule's optimizer state; one step samples a training
+batch, computes the loss and gradient, applies the rule and returns the
+per-step meta-loss::
+
+    L_t = normalize(loss_t)                      meta_loss="train"
+    L_t = normalize(valid_loss(params_{t+1}))    meta_loss="valid"
+    L_t = log(normalize(...))                    log_loss=True
+
+``normalize`` is the task's own normaliser (``task.normalize_loss``; for
+classifiers, chance level ~ 1) so tasks of a family are on one scale.
+Horizons are log-uniform integers in ``[horizon_min, horizon_max]``. Each
+episode draws a new task config from the family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+Array = jax.Array
+
+META_LOSSES = ("train", "valid")
+
+
+class InnerState(NamedTuple):
+  config: PyTree      # task config (pytree of scalars)
+  params: PyTree      # task parameters
+  opt_state: PyTree   # rule state
+
+
+def log_uniform_int(key: Array, low: int, high: int) -> Array:
+  """Integer ``n`` with ``log n ~ U(log low, log(high + 1))``, clipped to
+  ``[low, high]``."""
+  u = jax.random.uniform(key, (), jnp.float32, math.log(low),
+                         math.log(high + 1))
+  return jnp.clip(jnp.floor(jnp.exp(u)).astype(jnp.int32), low, high)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class InnerTraining:
+  """Inner training of tasks from ``family`` with ``rule``.
+
+  Attributes:
+    rule: a learned-optimizer rule (``lopt.rules.get(...)``).
+    family: a :class:`lopt.tasks.TaskFamily`.
+    horizon_min, horizon_max: bounds of the log-uniform episode lengths.
+    meta_loss: ``"train"`` (loss of the training batch of the step, before
+      the update: free) or ``"valid"`` (loss of a validation batch after the
+      update: one extra forward pass).
+    log_loss: use ``log`` of the normalised loss.
+    loss_clip: clip the normalised per-step loss at this value (0: off);
+      non-finite losses are never clipped (they trigger a reset).
+  """
+
+  rule: Any
+  family: Any
+  horizon_min: int = 100
+  horizon_max: int = 1000
+  meta_loss: str = "train"
+  log_loss: bool = False
+  loss_clip: float = 0.0
+
+  def __post_init__(self):
+    if not 1 <= int(self.horizon_min) <= int(self.horizon_max):
+      raise ValueError(
+          f"horizons need 1 <= horizon_min <= horizon_max, got "
+          f"horizon_min={self.horizon_min}, horizon_max={self.horizon_max}.")
+    if self.meta_loss not in META_LOSSES:
+      raise ValueError(f"meta_loss must be one of {META_LOSSES}, got "
+                       f"{self.meta_loss!r}.")
+    if self.loss_clip < 0:
+      raise ValueError(f"loss_clip must be >= 0, got {self.loss_clip}.")
+    # Build one task eagerly so that datasets the family memoises as device
+    # arrays are created outside any jit trace (else they could leak tracers).
+    with jax.ensure_compile_time_eval():
+      self.family.task(self.family.default_config())
+
+  @property
+  def max_horizon(self) -> int:
+    return int(self.horizon_max)
+
+  def init_meta_params(self, key: Array) -> PyTree:
+    return self.rule.init_meta_params(key)
+
+  def sample_horizon(self, key: Array) -> Array:
+    return log_uniform_int(key, int(self.horizon_min), int(self.horizon_max))
+
+  def init(self, theta: PyTree, key: Array, horizon: Array) -> InnerState:
+    k_cfg, k_init = jax.random.split(key)
+    config = self.family.sample(k_cfg)
+    task = self.family.task(config)
+    params = task.init(k_init)
+    opt_state = self.rule.init(theta, params, horizon, task.param_meta)
+    return InnerState(config, params, opt_state)
+
+  def step(self, theta: PyTree, inner: InnerState, key: Array
+           ) -> Tuple[InnerState, Array]:
+    task = self.family.task(inner.config)
+    k_batch, k_loss, k_valid = jax.random.split(key, 3)
+    batch = task.sample_batch(k_batch, "train")
+    loss, grads = jax.value_and_grad(task.loss)(inner.params, batch, k_loss)
+    updates, opt_state = self.rule.update(theta, grads, inner.opt_state,
+                                          inner.params, loss)
+    params = optax.apply_updates(inner.params, updates)
+    if self.meta_loss == "valid":
+      kb, kl = jax.random.split(k_valid)
+      meta = task.loss(params, task.sample_batch(kb, "valid"), kl)
+    else:
+      meta = loss
+    meta = task.normalize_loss(meta).astype(jnp.float32)
+    if self.log_loss:
+      meta = jnp.log(jnp.maximum(meta, 1e-8))
+    if self.loss_clip:
+      meta = jnp.where(jnp.isfinite(meta), jnp.minimum(meta, self.loss_clip),
+                       meta)
+    return InnerState(inner.config, params, opt_state), meta
+
+
+def train_curve(rule: Any, theta: PyTree, task: Any, num_steps: int,
+                key: Array) -> Array:
+  """Losses of ``num_steps`` steps of training ``task`` with ``rule``
+  (one ``lax.scan``; jittable). Returns the training losses ``[num_steps]``
+  (before each update)."""
+  k_init, k_run = jax.random.split(key)
+  params = task.init(k_init)
+  state = rule.init(theta, params, num_steps, task.param_meta)
+
+  def body(carry, t):
+    params, state = carry
+    kb, kl = jax.random.split(jax.random.fold_in(k_run, t))
+    loss, grads = jax.value_and_grad(task.loss)(
+        params, task.sample_batch(kb, "train"), kl)
+    updates, state = rule.update(theta, grads, state, params, loss)
+    return (optax.apply_updates(params, updates), state), loss
+
+  _, losses = jax.lax.scan(body, (params, state), jnp.arange(num_steps))
+  return losses

@@ -1,0 +1,428 @@
+"""The outer loop: optax on theta, one jitted outer step, logging,
+checkpoints with exact resume, export to a learned-optimizer file.
+
+One outer step (a pure function of :class:`TrainState`, jitted as a whole
+with the state donated)::
+
+    key            = fold_in(outer_root, step)
+    g, ws, metrics = estimator.estimate(theta, worker_state, key)
+    theta, opt     = optax update of (clipped) g          # skipped if g is
+                                                          # not finite
+
+:meth:`MetaTrainer.apply_gradient` is the learner half on its own (a
+distributed learner averages workers' ``g`` weighted by
+``metrics["num_particles"]`` and calls it).
+
+Randomness: ``base = PRNGKey(seed)``; theta from ``fold_in(base, 0)``, the
+inner problems from ``fold_in(base, 1)`` (then per global task index), the
+outer-step keys from ``fold_in(base, 2)``, evaluation tasks from
+``fold_in(base, 3)``. Same seed, same result; a resumed run is bit-identical
+to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.meta_train import estimators as estimators_lib
+from lopt.meta_train.config import ConfigError, MetaTrainConfig
+from lopt.meta_train.inner import InnerTraining, train_curve
+
+PyTree = Any
+Array = jax.Array
+
+
+class TrainState(NamedTuple):
+  """The complete meta-training state (what a checkpoint holds)."""
+
+  step: Array            # int32, outer steps done
+  theta: PyTree
+  opt_state: PyTree
+  worker_state: PyTree
+  ema_raw: Array         # f32, un-bias-corrected EMA of the meta-loss
+  ema_count: Array       # int32, number of losses in the EMA
+  best_loss: Array       # f32 (EMA meta-loss, or eval loss when eval is on)
+  best_theta: PyTree
+  best_step: Array       # int32
+  skipped: Array         # int32, updates skipped (non-finite meta-gradient)
+  resets: Array          # f32, cumulative inner resets
+  nonfinite: Array       # f32, cumulative non-finite inner losses
+
+
+def build_schedule(config: MetaTrainConfig) -> optax.Schedule:
+  """Linear warmup to ``learning_rate`` then constant or cosine decay to
+  ``final_lr_fraction * learning_rate`` at ``outer_steps``."""
+  lr, warm = config.learning_rate, config.warmup_steps
+  if config.schedule == "cosine":
+    decay = max(config.outer_steps - warm, 1)
+    main = optax.cosine_decay_schedule(lr, decay, alpha=config.final_lr_fraction)
+  else:
+    main = optax.constant_schedule(lr)
+  if warm > 0:
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, warm), main], [warm])
+  return main
+
+
+def build_optimizer(config: MetaTrainConfig
+                    ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = build_schedule(config)
+  parts = []
+  if config.clip_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.clip_norm))
+  parts.append(optax.adam(schedule, b1=config.b1, b2=config.b2))
+  return optax.chain(*parts), schedule
+
+
+def _all_finite(tree: PyTree) -> Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _copy(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+@dataclasses.dataclass
+class RunResult:
+  state: TrainState
+  history: List[Dict[str, float]]
+  out_dir: Optional[str] = None
+
+
+class MetaTrainer:
+  """Builds everything a config names and runs the outer loop.
+
+  Args:
+    config: a :class:`MetaTrainConfig` (validated here).
+    rule, family: optional objects overriding ``config.rule`` /
+      ``config.task_family`` (tests, custom tasks).
+    task_indices: the global task indices this process owns (default: all).
+  """
+
+  def __init__(self, config: MetaTrainConfig, *, rule: Any = None,
+               family: Any = None, task_indices=None):
+    import lopt
+    import lopt.tasks
+    if rule is None or family is None:
+      config.validate()
+    self.config = config
+    self.rule = rule if rule is not None else lopt.rules.get(
+        config.rule, **config.rule_config)
+    self.family = family if family is not None else lopt.tasks.get_family(
+        config.task_family)
+    self.system = InnerTraining(
+        self.rule, self.family, config.horizon_min, config.horizon_max,
+        meta_loss=config.meta_loss, log_loss=config.log_loss,
+        loss_clip=config.loss_clip)
+    kwargs = dict(num_tasks=config.num_tasks,
+                  trunc_length=config.trunc_length,
+                  num_particles=config.num_particles, std=config.std,
+                  random_offsets=config.random_offsets,
+                  task_indices=task_indices)
+    if config.estimator == "tbptt":
+      kwargs["clip"] = config.tbptt_clip
+    if config.estimator == "full_es":
+      kwargs.pop("random_offsets")
+    self.estimator = estimators_lib.get(config.estimator, self.system,
+                                        **kwargs)
+    self.optimizer, self.schedule = build_optimizer(config)
+    base = jax.random.PRNGKey(config.seed)
+    self._theta_key = jax.random.fold_in(base, 0)
+    self._worker_key = jax.random.fold_in(base, 1)
+    self._outer_root = jax.random.fold_in(base, 2)
+    self._eval_key = jax.random.fold_in(base, 3)
+    self.step_fn = jax.jit(self.outer_step, donate_argnums=0)
+    self._eval_fn = jax.jit(self.evaluate_theta)
+
+  # -- pure pieces ----------------------------------------------------------
+
+  def init_state(self) -> TrainState:
+    theta = self.rule.init_meta_params(self._theta_key)
+    theta = jax.tree.map(jnp.asarray, theta)
+    worker_state = jax.jit(self.estimator.init)(theta, self._worker_key)
+    return TrainState(
+        step=jnp.zeros([], jnp.int32), theta=theta,
+        opt_state=self.optimizer.init(theta), worker_state=worker_state,
+        ema_raw=jnp.zeros([], jnp.float32),
+        ema_count=jnp.zeros([], jnp.int32),
+        best_loss=jnp.asarray(jnp.inf, jnp.float32),
+        best_theta=_copy(theta), best_step=jnp.zeros([], jnp.int32),
+        skipped=jnp.zeros([], jnp.int32),
+        resets=jnp.zeros([], jnp.float32),
+        nonfinite=jnp.zeros([], jnp.float32))
+
+  def outer_step(self, state: TrainState) -> Tuple[TrainState, Dict]:
+    key = jax.random.fold_in(self._outer_root, state.step)
+    grad, ws, metrics = self.estimator.estimate(state.theta,
+                                                state.worker_state, key)
+    return self.apply_gradient(state._replace(worker_state=ws), grad,
+                               metrics)
+
+  def apply_gradient(self, state: TrainState, grad: PyTree,
+                     metrics: Dict[str, Array]) -> Tuple[TrainState, Dict]:
+    """The learner update: optax step on theta unless ``grad`` is not
+    finite (then theta and the optimizer state are kept and the skip is
+    counted). Also tracks the EMA of the meta-loss and the best theta."""
+    finite = _all_finite(grad)
+    safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grad)
+    updates, opt_state = self.optimizer.update(safe, state.opt_state,
+                                               state.theta)
+    new_theta = optax.apply_updates(state.theta, updates)
+    ok = finite & _all_finite(new_theta)
+    theta = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_theta,
+                         state.theta)
+    opt_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), opt_state,
+                             state.opt_state)
+    loss = metrics["meta_loss"].astype(jnp.float32)
+    loss_ok = jnp.isfinite(loss)
+    d = self.config.ema_decay
+    ema_raw = jnp.where(loss_ok, d * state.ema_raw + (1 - d) * loss,
+                        state.ema_raw)
+    ema_count = state.ema_count + loss_ok.astype(jnp.int32)
+    ema = ema_raw / (1 - d ** jnp.maximum(ema_count, 1).astype(jnp.float32))
+    step = state.step + 1
+    best_theta, best_loss, best_step = (state.best_theta, state.best_loss,
+                                        state.best_step)
+    if self.config.eval_every <= 0:
+      warm = ema_count >= int(math.ceil(1.0 / (1.0 - d)))
+      better = warm & (ema < state.best_loss)
+      # theta *before* this update produced the losses in the EMA.
+      best_theta = jax.tree.map(lambda t, b: jnp.where(better, t, b),
+                                state.theta, state.best_theta)
+      best_loss = jnp.where(better, ema, state.best_loss)
+      best_step = jnp.where(better, state.step, state.best_step)
+    new_state = TrainState(
+        step=step, theta=theta, opt_state=opt_state,
+        worker_state=state.worker_state, ema_raw=ema_raw,
+        ema_count=ema_count, best_loss=best_loss, best_theta=best_theta,
+        best_step=best_step, skipped=state.skipped + (~ok).astype(jnp.int32),
+        resets=state.resets + metrics["resets"],
+        nonfinite=state.nonfinite + metrics["nonfinite"])
+    out = dict(metrics)
+    out.update(grad_norm=optax.global_norm(grad), skipped=(~ok).astype(
+        jnp.float32), meta_loss_ema=ema,
+               learning_rate=jnp.asarray(self.schedule(state.step),
+                                         jnp.float32))
+    return new_state, out
+
+  def evaluate_theta(self, theta: PyTree) -> Array:
+    """Mean normalised training loss of ``eval_tasks`` fixed fresh tasks of
+    the family trained ``eval_steps`` steps with theta (deterministic)."""
+    cfg = self.config
+    keys = jax.random.split(self._eval_key, cfg.eval_tasks)
+
+    def one(key):
+      k_cfg, k_run = jax.random.split(key)
+      task = self.family.task(self.family.sample(k_cfg))
+      losses = train_curve(self.rule, theta, task, cfg.eval_steps, k_run)
+      return jnp.mean(task.normalize_loss(losses))
+
+    vals = jax.vmap(one)(keys)
+    return jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9))
+
+  # -- the loop -------------------------------------------------------------
+
+  def run(self, out_dir: Optional[str] = None, resume: bool = False,
+          progress: bool = True, callback: Optional[Callable] = None,
+          until: Optional[int] = None) -> RunResult:
+    """Runs (or resumes) meta-training to ``config.outer_steps``.
+
+    ``until`` stops early after that outer step (with a checkpoint, as an
+    interrupted run would leave it); a later ``resume=True`` continues.
+
+    With ``out_dir``: writes ``config.json``, TensorBoard events and
+    ``metrics.jsonl`` under ``tb/``, orbax checkpoints under
+    ``checkpoints/`` and, at the end, ``final.lopt`` and ``best.lopt``
+    (learned-optimizer files) and ``summary.json``.
+    """
+    from lopt.meta_train.checkpoint import Checkpointer
+    from lopt.meta_train.logging import MetricsLogger
+
+    cfg = self.config
+    logger = ckpt = None
+    if out_dir is not None:
+      out_dir = os.path.abspath(out_dir)
+      os.makedirs(out_dir, exist_ok=True)
+      _atomic_write_text(os.path.join(out_dir, "config.json"),
+                         json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+      logger = MetricsLogger(os.path.join(out_dir, "tb"))
+      ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"),
+                          keep=cfg.keep_checkpoints)
+    state = self.init_state()
+    if resume:
+      if ckpt is None:
+        raise ValueError("resume=True needs out_dir.")
+      if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    start = int(state.step)
+    history: List[Dict[str, float]] = []
+    pending: List[Dict[str, Array]] = []
+    bar = _Progress(enabled=progress, total=cfg.outer_steps, start=start)
+    t_last = time.perf_counter()
+    stop = cfg.outer_steps if until is None else min(int(until),
+                                                     cfg.outer_steps)
+    try:
+      for step in range(start, stop):
+        state, m = self.step_fn(state)
+        pending.append(m)
+        n = step + 1
+        if cfg.eval_every > 0 and n % cfg.eval_every == 0:
+          state = self._eval_and_track(state, pending)
+        if n % cfg.log_every == 0 or n == cfg.outer_steps:
+          row = self._summarise(n, pending, state, time.perf_counter() -
+                                t_last)
+          t_last = time.perf_counter()
+          pending = []
+          history.append(row)
+          if logger is not None:
+            logger.log(n, {k: v for k, v in row.items() if k != "step"})
+          bar.update(n, row)
+          if callback is not None:
+            callback(n, row, state)
+        if ckpt is not None and cfg.checkpoint_every > 0 and (
+            n % cfg.checkpoint_every == 0):
+          ckpt.save(n, state)
+      if ckpt is not None and int(state.step) not in ckpt.all_steps():
+        ckpt.save(int(state.step), state, force=True)
+      if out_dir is not None and int(state.step) >= cfg.outer_steps:
+        self.export(os.path.join(out_dir, "final.lopt"), state.theta,
+                    kind="final", outer_steps=int(state.step))
+        self.export(os.path.join(out_dir, "best.lopt"), state.best_theta,
+                    kind="best", outer_steps=int(state.step),
+                    best_step=int(state.best_step),
+                    best_loss=float(state.best_loss))
+        _atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(
+            self.summary(state), indent=2, sort_keys=True))
+    finally:
+      bar.close()
+      if logger is not None:
+        logger.close()
+      if ckpt is not None:
+        ckpt.close()
+    return RunResult(state, history, out_dir)
+
+  def _eval_and_track(self, state: TrainState, pending) -> TrainState:
+    val = float(self._eval_fn(state.theta))
+    if pending:
+      pending[-1] = dict(pending[-1], eval_loss=jnp.float32(val))
+    if val < float(state.best_loss):
+      state = state._replace(best_theta=_copy(state.theta),
+                             best_loss=jnp.float32(val),
+                             best_step=jnp.array(state.step, jnp.int32,
+                                                 copy=True))
+    return state
+
+  def _summarise(self, n: int, pending, state: TrainState, dt: float
+                 ) -> Dict[str, float]:
+    ms = jax.device_get(pending)
+    mean = lambda k: float(np.mean([m[k] for m in ms]))
+    total = lambda k: float(np.sum([m[k] for m in ms]))
+    losses = [float(m["meta_loss"]) for m in ms]
+    row = {
+        "step": n,
+        "meta/loss": float(np.mean(losses)),
+        "meta/loss_ema": float(ms[-1]["meta_loss_ema"]),
+        "meta/grad_norm": mean("grad_norm"),
+        "meta/learning_rate": float(ms[-1]["learning_rate"]),
+        "meta/skipped_updates": total("skipped"),
+        "inner/loss": float(np.mean(losses)),
+        "inner/steps_per_s": total("inner_steps") / max(dt, 1e-9),
+        "inner/resets": total("resets"),
+        "inner/nonfinite": total("nonfinite"),
+    }
+    evals = [float(m["eval_loss"]) for m in ms if "eval_loss" in m]
+    if evals:
+      row["meta/eval_loss"] = evals[-1]
+    return row
+
+  # -- export ---------------------------------------------------------------
+
+  def provenance(self, **extra) -> Dict[str, Any]:
+    import lopt
+    return dict(
+        config=self.config.to_dict(), estimator=self.config.estimator,
+        task_family=self.config.task_family,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        library_version=lopt.__version__, **extra)
+
+  def export(self, path: str, theta: PyTree, **extra) -> str:
+    """Writes ``theta`` as a learned-optimizer file (``lopt.save``, atomic)
+    with provenance (config, outer steps, date, library version)."""
+    import lopt
+    return str(lopt.save(path, self.rule, jax.device_get(theta),
+                         **self.provenance(**extra)))
+
+  def summary(self, state: TrainState) -> Dict[str, Any]:
+    return {
+        "outer_steps": int(state.step),
+        "meta_loss_ema": float(state.ema_raw / (1 - self.config.ema_decay **
+                                                max(int(state.ema_count), 1))),
+        "best_loss": float(state.best_loss),
+        "best_step": int(state.best_step),
+        "skipped_updates": int(state.skipped),
+        "inner_resets": float(state.resets),
+        "inner_nonfinite": float(state.nonfinite),
+    }
+
+
+class _Progress:
+  """A rich progress bar on stderr (no-op when disabled)."""
+
+  def __init__(self, enabled: bool, total: int, start: int):
+    self._p = None
+    if not enabled:
+      return
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
+                               TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    self._p = Progress(
+        TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True), transient=False)
+    self._p.start()
+    self._task = self._p.add_task("meta-train", total=total, completed=start,
+                                  info="")
+
+  def update(self, n: int, row: Dict[str, float]) -> None:
+    if self._p is None:
+      return
+    info = (f"loss {row['meta/loss']:.4f} ema {row['meta/loss_ema']:.4f} "
+            f"|g| {row['meta/grad_norm']:.3g} "
+            f"{row['inner/steps_per_s']:.0f} inner steps/s")
+    self._p.update(self._task, completed=n, info=info)
+
+  def close(self) -> None:
+    if self._p is not None:
+      self._p.stop()
+      self._p = None
