@@ -92,6 +92,19 @@ def noisy_labels(key: Array, labels: Array, num_classes: int,
   return jnp.where(flip, new, labels).astype(labels.dtype)
 
 
+def normals(key: Array, shapes: Sequence[Sequence[int]]) -> list[Array]:
+  """Independent float32 ``N(0, 1)`` arrays of the given shapes, cut from a
+  single ``jax.random.normal`` draw (one random call site per init keeps XLA
+  compile time low; every entry is still an independent standard normal)."""
+  sizes = [int(np.prod(s)) for s in shapes]
+  z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+  out, offset = [], 0
+  for shape, size in zip(shapes, sizes):
+    out.append(z[offset:offset + size].reshape(tuple(shape)))
+    offset += size
+  return out
+
+
 def log_uniform(key: Array, low: float, high: float) -> Array:
   """A float32 scalar with ``log(x) ~ U(log low, log high)``."""
   return jnp.exp(jax.random.uniform(

@@ -66,17 +66,14 @@ class ConvClassifier(Task):
     return meta
 
   def init(self, key: Array) -> PyTree:
-    metas = self.param_meta
-    keys = jax.random.split(key, len(metas))
-    params = {}
-    for k, (layer, m) in zip(keys, sorted(metas.items())):
-      wm = m["w"]
-      shape = ((_KSIZE, _KSIZE, wm.fan_in // (_KSIZE * _KSIZE), wm.fan_out)
-               if layer.startswith("conv") else (wm.fan_in, wm.fan_out))
-      w = jax.random.normal(k, shape, jnp.float32)
-      params[layer] = {"w": w * (self.init_scale / math.sqrt(wm.fan_in)),
-                       "b": jnp.zeros((wm.fan_out,), jnp.float32)}
-    return params
+    metas = sorted(self.param_meta.items())
+    shapes = [((_KSIZE, _KSIZE, m["w"].fan_in // (_KSIZE * _KSIZE),
+                m["w"].fan_out) if layer.startswith("conv")
+               else (m["w"].fan_in, m["w"].fan_out)) for layer, m in metas]
+    zs = common.normals(key, shapes)
+    return {layer: {"w": z * (self.init_scale / math.sqrt(m["w"].fan_in)),
+                    "b": jnp.zeros((m["w"].fan_out,), jnp.float32)}
+            for z, (layer, m) in zip(zs, metas)}
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:
     check_split(split)

@@ -183,7 +183,11 @@ def stdlib_text(files: Sequence[str] = STDLIB_TEXT_FILES
         f"None of the standard-library sources {tuple(files)} exist under "
         f"{root!r}; the character-level LM tasks need the Python stdlib .py "
         "files (install the full Python, not a .pyc-only build).")
-  raw = b"".join(open(os.path.join(root, f), "rb").read() for f in found)
+  chunks = []
+  for f in found:
+    with open(os.path.join(root, f), "rb") as fh:
+      chunks.append(fh.read())
+  raw = b"".join(chunks)
   codes = np.frombuffer(raw, np.uint8).copy()
   codes[codes >= TEXT_VOCAB_SIZE] = ord("?")
   n = len(codes)

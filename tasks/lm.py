@@ -90,21 +90,22 @@ class CharTransformerLM(Task):
     return meta
 
   def init(self, key: Array) -> PyTree:
+    """Weights ``N(0, std^2)`` with ``std`` from :func:`mup.init_std`
+    (embeddings: ``std = init_scale``), LayerNorm scales 1, biases 0."""
     s, pz = self.init_scale, self.parametrization
-
-    def init_leaf(k, m: ParamMeta, last_key: str):
+    paths, treedef = jax.tree_util.tree_flatten_with_path(self.param_meta)
+    weights = [i for i, (_, m) in enumerate(paths) if m.kind != "vector"]
+    zs = common.normals(key, [(paths[i][1].fan_in, paths[i][1].fan_out)
+                              for i in weights])
+    out = []
+    for path, m in paths:
       if m.kind == "vector":  # LayerNorm scales start at 1, biases at 0
-        fill = 1.0 if last_key == "scale" else 0.0
-        return jnp.full((m.fan_out,), fill, jnp.float32)
-      if m.kind == "input":  # embedding tables (one-hot inputs): N(0, s^2)
-        return s * jax.random.normal(k, (m.fan_in, m.fan_out), jnp.float32)
-      return mup.init_dense(k, m, s, pz)
-
-    meta = self.param_meta
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(meta)
-    keys = jax.random.split(key, len(leaves))
-    out = [init_leaf(k, m, getattr(p[-1], "key", ""))
-           for k, (p, m) in zip(keys, leaves)]
+        fill = 1.0 if getattr(path[-1], "key", "") == "scale" else 0.0
+        out.append(jnp.full((m.fan_out,), fill, jnp.float32))
+      else:
+        z = zs[weights.index(len(out))]
+        std = s if m.kind == "input" else mup.init_std(m, s, pz)
+        out.append(z * std)
     return jax.tree_util.tree_unflatten(treedef, out)
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:

@@ -45,11 +45,11 @@ class _DenseStack:
     self.metas = mup.dense_metas(sizes)
 
   def init(self, key: Array, scale: Scalar) -> PyTree:
-    keys = jax.random.split(key, len(self.metas))
+    zs = common.normals(key, [(m.fan_in, m.fan_out) for m in self.metas])
     return {f"linear_{i}": {
-        "w": mup.init_dense(k, m, scale, self.parametrization),
+        "w": z * mup.init_std(m, scale, self.parametrization),
         "b": jnp.zeros((m.fan_out,), jnp.float32)}
-            for i, (k, m) in enumerate(zip(keys, self.metas))}
+            for i, (z, m) in enumerate(zip(zs, self.metas))}
 
   @property
   def param_meta(self) -> PyTree:

@@ -42,15 +42,14 @@ def check_parametrization(p: str) -> str:
   return p
 
 
-def init_dense(key: Array, meta: ParamMeta, scale: Union[float, Array],
-               parametrization: str) -> Array:
-  """Initial ``[fan_in, fan_out]`` kernel for a dense layer of class
-  ``meta.kind`` (see the module table), float32."""
-  shape = (meta.fan_in, meta.fan_out)
-  w = jax.random.normal(key, shape, jnp.float32)
+def init_std(meta: ParamMeta, scale: Union[float, Array],
+             parametrization: str) -> Union[float, Array]:
+  """Standard deviation of the initial weights of a dense layer of class
+  ``meta.kind`` (see the module table): ``scale`` for a muP output layer,
+  ``scale / sqrt(fan_in)`` otherwise."""
   if parametrization == "mup" and meta.kind == "output":
-    return w * scale
-  return w * (scale / jnp.sqrt(jnp.float32(meta.fan_in)))
+    return scale
+  return scale / jnp.sqrt(jnp.float32(meta.fan_in))
 
 
 def output_multiplier(fan_in: int, parametrization: str) -> float:
