@@ -103,10 +103,10 @@ def save(path: Union[str, os.PathLike], rule: Any, theta: PyTree,
   leaves_with_path = jax.tree_util.tree_flatten_with_path(theta)[0]
   tensors, chunks, offset = [], [], 0
   for kp, leaf in leaves_with_path:
-    arr = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    arr = np.asarray(jax.device_get(leaf))
     if arr.dtype == object:
       raise ValueError(f"theta leaf {_path_str(kp)} is not numeric.")
-    data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+    data = arr.astype(arr.dtype.newbyteorder("<")).tobytes(order="C")
     tensors.append({"path": _path_str(kp), "shape": list(arr.shape),
                     "dtype": arr.dtype.name, "offset": offset,
                     "nbytes": len(data)})

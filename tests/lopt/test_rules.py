@@ -1,0 +1,238 @@
+"""Properties every learned-optimizer rule must have."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+from lopt.rules import mlp as mlp_lib
+
+ALL_RULES = lopt.rules.names()
+
+
+def _params(dtype=jnp.float32):
+  k = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+  return {
+      "scalar": jnp.asarray(0.5, dtype),
+      "vector": jax.random.normal(next(k), (7,), dtype),
+      "matrix": jax.random.normal(next(k), (5, 3), dtype),
+      "conv": jax.random.normal(next(k), (3, 3, 2, 4), dtype),
+      "nested": {"deeper": {"w": jax.random.normal(next(k), (4, 6), dtype)},
+                 "empty": jnp.zeros((0, 3), dtype),
+                 "none": None,
+                 "empty_dict": {}},
+  }
+
+
+def _grads(params, seed=1):
+  leaves, tdef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), max(len(leaves), 1))
+  return tdef.unflatten([jax.random.normal(k, jnp.shape(p)).astype(p.dtype)
+                         for k, p in zip(keys, leaves)])
+
+
+def _run(rule, theta, params, steps=3, meta=None):
+  state = rule.init(theta, params, 10, meta)
+  upd = None
+  for i in range(steps):
+    upd, state = rule.update(theta, _grads(params, i), state, params,
+                             jnp.float32(2.0 - 0.1 * i))
+    params = optax.apply_updates(params, upd)
+  return upd, state, params
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_any_pytree_jit_dtypes(name, dtype):
+  rule = lopt.rules.get(name)
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  params = _params(dtype)
+  run = jax.jit(lambda th, p: _run(rule, th, p))
+  upd, state, new_params = run(theta, params)
+  assert jax.tree.structure(upd) == jax.tree.structure(params)
+  for u, p in zip(jax.tree.leaves(upd), jax.tree.leaves(params)):
+    assert u.shape == p.shape and u.dtype == p.dtype
+    assert bool(jnp.all(jnp.isfinite(u.astype(jnp.float32))))
+  # Non-empty leaves actually move.
+  assert float(jnp.abs(upd["matrix"].astype(jnp.float32)).sum()) > 0
+  # Accumulators are float32 whatever the parameter dtype (documented).
+  for leaf in jax.tree.leaves(state):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+def test_vmap_over_particles_matches_loop(name):
+  rule = lopt.rules.get(name)
+  thetas = jax.vmap(rule.init_meta_params)(jax.random.split(
+      jax.random.PRNGKey(3), 3))
+  # Perturb so particles differ even for rules with key-free init.
+  thetas = jax.tree.map(lambda t: t + 0.01 * jnp.arange(3).reshape(
+      (3,) + (1,) * (t.ndim - 1)), thetas)
+  params = _params()
+  run = lambda th: _run(rule, th, params)[0]
+  batched = jax.jit(jax.vmap(run))(thetas)
+  for i in range(3):
+    single = run(jax.tree.map(lambda t: t[i], thetas))
+    for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
+      np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ALL_RULES)
+def test_config_roundtrip_and_registry(name):
+  rule = lopt.rules.get(name)
+  assert rule.name == name
+  again = lopt.rules.get(name, **rule.config())
+  assert again == rule
+
+
+def test_unknown_rule_and_bad_config():
+  with pytest.raises(ValueError, match="Unknown learned-optimizer rule"):
+    lopt.rules.get("nope")
+  with pytest.raises(ValueError, match="Bad config"):
+    lopt.rules.get("mlp", not_a_field=1)
+  with pytest.raises(ValueError, match="hidden_sizes"):
+    lopt.rules.get("mlp", hidden_sizes=(0,))
+
+
+def test_learnable_adam_matches_optax_adam():
+  rule = lopt.rules.get("adam")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  params = {"w": jax.random.normal(jax.random.PRNGKey(1), (6, 4)),
+            "b": jnp.zeros((4,))}
+  ref = optax.adam(1e-3)
+  ours = lopt.as_optax(rule, theta, 100)
+
+  def body(carry, key):
+    p_ref, s_ref, p_ours, s_ours = carry
+    g = jax.tree.map(lambda x: jax.random.normal(key, x.shape) + x, p_ref)
+    u_ref, s_ref = ref.update(g, s_ref, p_ref)
+    u_ours, s_ours = ours.update(g, s_ours, p_ours)
+    return (optax.apply_updates(p_ref, u_ref), s_ref,
+            optax.apply_updates(p_ours, u_ref), s_ours), (u_ref, u_ours)
+
+  init = (params, ref.init(params), params, ours.init(params))
+  _, (u_ref, u_ours) = jax.lax.scan(body, init,
+                                    jax.random.split(jax.random.PRNGKey(2),
+                                                     100))
+  for a, b in zip(jax.tree.leaves(u_ref), jax.tree.leaves(u_ours)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-9)
+
+
+def test_learnable_sgd_is_sgd():
+  rule = lopt.rules.get("sgd", initial_lr=0.05)
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  p = {"w": jnp.ones((3,))}
+  g = {"w": jnp.arange(3.0)}
+  u, _ = rule.update(theta, g, rule.init(theta, p, 10), p)
+  np.testing.assert_allclose(u["w"], -0.05 * g["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mu_mlp", "velo", "mu_velo"])
+def test_zero_output_leaves_params_unchanged(name):
+  rule = lopt.rules.get(name)
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  nets = theta["bank"] if "bank" in theta else theta
+  nets["out"] = jax.tree.map(jnp.zeros_like, nets["out"])
+  nets["skip"] = jnp.zeros_like(nets["skip"])
+  params = _params()
+  upd, _, new_params = _run(rule, theta, params, steps=3)
+  for u in jax.tree.leaves(upd):
+    assert float(jnp.abs(u).max(initial=0.0)) == 0.0
+  for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(), (5,), (4, 3), (3, 3, 2, 4)])
+def test_features_finite_for_zero_grads_and_params(shape):
+  rule = lopt.rules.get("mlp")
+  z = jnp.zeros(shape)
+  ls = mlp_lib._init_leaf(z)
+  for _ in range(2):
+    ls, feats, inv = rule.leaf_prepare(z, z, ls)
+    assert all(bool(jnp.all(jnp.isfinite(f))) for f in feats)
+    assert bool(jnp.all(jnp.isfinite(inv)))
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  params = {"x": z}
+  upd, _, _ = _run(rule, theta, params)
+  assert bool(jnp.all(jnp.isfinite(upd["x"])))
+
+
+@pytest.mark.parametrize("shape", [(40, 30), (5, 6, 7), (3, 3, 4, 8),
+                                   (500,)])
+def test_sampled_feature_norm_uses_exact_features(shape):
+  """The strided subsample sees exactly the features at those positions."""
+  rule = lopt.rules.get("mlp", norm_sample=64)
+  p = jax.random.normal(jax.random.PRNGKey(1), shape)
+  g = jax.random.normal(jax.random.PRNGKey(2), shape)
+  ls = mlp_lib._init_leaf(p)
+  ls = rule._accumulate(g, ls)
+  ls = rule._accumulate(0.5 * g + 1.0, ls)
+  feats = rule._features(g, p, ls)
+  stride = -(-g.size // 64)
+  gs, ps, lss = mlp_lib._strided_sample(g, p, ls, stride)
+  sub = rule._features(gs, ps, lss)
+  for full, sample in zip(feats, sub):
+    np.testing.assert_allclose(full.reshape(-1)[::stride], sample,
+                               rtol=1e-5, atol=1e-6)
+  # And for small tensors the normaliser is exact.
+  exact = lopt.rules.get("mlp", norm_sample=10**6)
+  inv = exact._feature_inv_rms(g, p, ls, feats)
+  want = jnp.stack([1 / jnp.sqrt(jnp.mean(f**2) + 1e-12) for f in feats])
+  np.testing.assert_allclose(inv, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mu_mlp", "mu_velo"])
+def test_mup_scales_hidden_updates_by_fan_in(name):
+  mu_rule = lopt.rules.get(name)
+  sp_rule = lopt.rules.get(name[3:])
+  theta = mu_rule.init_meta_params(jax.random.PRNGKey(0))
+  params = {"inp": jnp.ones((3, 8)), "hid": jnp.ones((8, 8)) * 0.5,
+            "out": jnp.ones((8, 2)), "b": jnp.zeros((8,))}
+  meta = {"inp": lopt.ParamMeta("input", 3, 8),
+          "hid": lopt.ParamMeta("hidden", 8, 8),
+          "out": lopt.ParamMeta("output", 8, 2),
+          "b": lopt.ParamMeta("vector", 1, 8)}
+  u_mu, _, _ = _run(mu_rule, theta, params, steps=1, meta=meta)
+  u_sp, _, _ = _run(sp_rule, theta, params, steps=1, meta=meta)
+  u_none, _, _ = _run(mu_rule, theta, params, steps=1, meta=None)
+  np.testing.assert_allclose(u_mu["hid"], u_sp["hid"] / 8, rtol=1e-5)
+  for k in ("inp", "out", "b"):
+    np.testing.assert_allclose(u_mu[k], u_sp[k], rtol=1e-6)
+  # Without metadata the muP rule is standard parametrisation.
+  for k in params:
+    np.testing.assert_allclose(u_none[k], u_sp[k], rtol=1e-6)
+
+
+def test_param_meta_errors():
+  rule = lopt.rules.get("mu_mlp")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  params = {"a": jnp.ones((2, 2))}
+  with pytest.raises(ValueError, match="param_meta"):
+    rule.init(theta, params, 10, {"b": lopt.ParamMeta()})
+  with pytest.raises(TypeError, match="ParamMeta"):
+    rule.init(theta, params, 10, {"a": 3})
+  with pytest.raises(ValueError, match="kind"):
+    lopt.ParamMeta("middle", 1, 1)
+
+
+def test_velo_requires_loss():
+  rule = lopt.rules.get("velo")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  opt = lopt.as_optax(rule, theta, 10)
+  params = {"w": jnp.ones((2, 2))}
+  state = opt.init(params)
+  with pytest.raises(ValueError, match="value=loss"):
+    opt.update(params, state, params)
+
+
+def test_velo_ignores_nonfinite_loss_in_emas():
+  rule = lopt.rules.get("velo")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  params = {"w": jnp.ones((3, 2))}
+  state = rule.init(theta, params, 10)
+  _, state = rule.update(theta, params, state, params, jnp.float32(1.0))
+  _, state2 = rule.update(theta, params, state, params, jnp.float32(jnp.nan))
+  np.testing.assert_array_equal(state2.loss_ema, state.loss_ema)
