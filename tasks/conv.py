@@ -77,7 +77,8 @@ class ConvClassifier(Task):
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:
     check_split(split)
-    return common.sample_rows(key, self._data[split], self.batch_size)
+    return datasets.sample(key, self._ds, self._data[split],
+                           self.batch_size)
 
   def logits(self, params: PyTree, x: Array) -> Array:
     h = x.reshape(x.shape[0], self.side, self.side, 1)

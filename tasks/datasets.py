@@ -107,6 +107,16 @@ def from_arrays(name: str,
 _make = from_arrays
 
 
+def split_indices(n: int, seed: int = _SPLIT_SEED) -> dict[str, np.ndarray]:
+  """Disjoint index sets ``{split: indices}`` covering ``range(n)``: a fixed
+  permutation cut 70 / 15 / 15 (used for the sklearn datasets)."""
+  perm = np.random.default_rng(seed).permutation(n)
+  n_train = int(round(_FRACTIONS[0] * n))
+  n_valid = int(round(_FRACTIONS[1] * n))
+  return {"train": perm[:n_train], "valid": perm[n_train:n_train + n_valid],
+          "test": perm[n_train + n_valid:]}
+
+
 def _sklearn(name: str) -> Dataset:
   from sklearn import datasets as skd  # local import: optional dependency
 
@@ -116,13 +126,7 @@ def _sklearn(name: str) -> Dataset:
   bunch = loader()
   x = np.asarray(bunch.data, np.float64)
   y = np.asarray(bunch.target, np.int64)
-  perm = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
-  x, y = x[perm], y[perm]
-  n_train = int(round(_FRACTIONS[0] * len(y)))
-  n_valid = int(round(_FRACTIONS[1] * len(y)))
-  cuts = {"train": slice(0, n_train),
-          "valid": slice(n_train, n_train + n_valid),
-          "test": slice(n_train + n_valid, None)}
+  cuts = split_indices(len(y))
   if name == "digits":
     x = x / 16.0  # pixel intensities 0..16 -> [0, 1]
   else:

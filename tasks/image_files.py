@@ -176,6 +176,7 @@ class _SafeUnpickler(pickle.Unpickler):
       ("numpy.core.numeric", "_frombuffer"),
       ("numpy._core.numeric", "_frombuffer"),
       ("numpy", "ndarray"), ("numpy", "dtype"),
+      ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Py3
   }
 
   def find_class(self, module, name):

@@ -232,7 +232,9 @@ class MLPAutoencoder(Task):
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:
     check_split(split)
-    return common.sample_rows(key, self._data[split], self.batch_size)
+    batch = datasets.sample(key, self._ds, self._data[split],
+                            self.batch_size)
+    return {"x": batch["x"]}
 
   def loss(self, params: PyTree, batch: PyTree, key: Array = None) -> Array:
     common.check_batch(batch, {"x": self._ds.input_shape}, self.name)

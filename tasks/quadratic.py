@@ -18,6 +18,7 @@ the expected initial loss ``loss_scale = mean(lambda) (1 + init_scale^2) / 2``.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import jax
@@ -31,6 +32,21 @@ Array = jax.Array
 Scalar = Union[float, int, Array]
 
 
+@functools.partial(jax.jit, static_argnames=("dim", "rotate"))
+def _generate(data_seed, log_cond, *, dim: int, rotate: bool):
+  """``(lambda, H, x*)`` (one compiled program; traced configs work)."""
+  k_rot, k_opt = jax.random.split(jax.random.PRNGKey(data_seed))
+  t = jnp.linspace(0.0, 1.0, dim, dtype=jnp.float32)
+  eigenvalues = jnp.exp(-common.f32(log_cond) * t)
+  if rotate:
+    q, _ = jnp.linalg.qr(jax.random.normal(k_rot, (dim, dim), jnp.float32))
+    hessian = (q * eigenvalues) @ q.T
+  else:
+    hessian = jnp.diag(eigenvalues)
+  optimum = jax.random.normal(k_opt, (dim,), jnp.float32)
+  return eigenvalues, hessian, optimum
+
+
 class QuadraticTask(Task):
   """A ``dim``-dimensional random quadratic (see module docstring)."""
 
@@ -42,15 +58,8 @@ class QuadraticTask(Task):
       raise ValueError(f"dim must be >= 2, got {dim}.")
     self.dim = int(dim)
     self.noise, self.init_scale = noise, init_scale
-    k_rot, k_opt = jax.random.split(jax.random.PRNGKey(data_seed))
-    t = jnp.linspace(0.0, 1.0, self.dim, dtype=jnp.float32)
-    self.eigenvalues = jnp.exp(-common.f32(log_cond) * t)
-    if rotate:
-      q, _ = jnp.linalg.qr(jax.random.normal(k_rot, (self.dim, self.dim)))
-      self.hessian = (q * self.eigenvalues) @ q.T
-    else:
-      self.hessian = jnp.diag(self.eigenvalues)
-    self.optimum = jax.random.normal(k_opt, (self.dim,), jnp.float32)
+    self.eigenvalues, self.hessian, self.optimum = _generate(
+        data_seed, log_cond, dim=self.dim, rotate=bool(rotate))
     self.loss_scale = (jnp.mean(self.eigenvalues)
                        * (1.0 + common.f32(init_scale) ** 2) / 2.0)
     self.dataset = "synthetic"

@@ -17,6 +17,7 @@ Parameters: ``{"w": [d, 1], "b": [1]}`` with ``w ~ N(0, init_scale^2 / d)``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Union
 
@@ -30,6 +31,24 @@ from lopt.tasks.base import PyTree, Task, TaskFamily, check_split
 
 Array = jax.Array
 Scalar = Union[float, int, Array]
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dim", "kind",
+                                             "sharpness"))
+def _generate(data_seed, noise, *, n: int, dim: int, kind: str,
+              sharpness: float):
+  """``(X, y)`` for ``n`` rows (one compiled program; traced seeds work)."""
+  k_x, k_w, k_y, k_flip = jax.random.split(jax.random.PRNGKey(data_seed), 4)
+  x = jax.random.normal(k_x, (n, dim), jnp.float32)
+  w_star = jax.random.normal(k_w, (dim,), jnp.float32) / math.sqrt(dim)
+  z = x @ w_star
+  if kind == "linear":
+    y = z + common.f32(noise) * jax.random.normal(k_y, (n,), jnp.float32)
+  else:
+    y = jax.random.bernoulli(k_y, jax.nn.sigmoid(sharpness * z))
+    flip = jax.random.uniform(k_flip, (n,)) < noise
+    y = jnp.logical_xor(y, flip).astype(jnp.float32)
+  return x, y
 
 
 class _Regression(Task):
@@ -50,16 +69,8 @@ class _Regression(Task):
     self.dim, self.batch_size = int(dim), int(batch_size)
     self.noise, self.init_scale = noise, init_scale
     n = int(n_train) + int(n_valid) + int(n_test)
-    k_x, k_w, k_y, k_flip = jax.random.split(jax.random.PRNGKey(data_seed), 4)
-    x = jax.random.normal(k_x, (n, self.dim), jnp.float32)
-    w_star = jax.random.normal(k_w, (self.dim,), jnp.float32) / math.sqrt(dim)
-    z = x @ w_star
-    if self.kind == "linear":
-      y = z + common.f32(noise) * jax.random.normal(k_y, (n,), jnp.float32)
-    else:
-      y = jax.random.bernoulli(k_y, jax.nn.sigmoid(sharpness * z))
-      flip = jax.random.uniform(k_flip, (n,)) < noise
-      y = jnp.logical_xor(y, flip).astype(jnp.float32)
+    x, y = _generate(data_seed, noise, n=n, dim=self.dim, kind=self.kind,
+                     sharpness=float(sharpness))
     a, b = int(n_train), int(n_train) + int(n_valid)
     self._data = {"train": {"x": x[:a], "y": y[:a]},
                   "valid": {"x": x[a:b], "y": y[a:b]},
