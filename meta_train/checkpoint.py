@@ -54,8 +54,19 @@ class Checkpointer:
     restored = self._manager.restore(
         step, args=ocp.args.StandardRestore(abstract))
     leaves = jax.tree.leaves(restored)
-    return jax.tree.unflatten(jax.tree.structure(like),
-                              [jax.numpy.asarray(x) for x in leaves])
+    likes = jax.tree.leaves(abstract)
+    if len(leaves) != len(likes):
+      raise ValueError(f"Checkpoint {step} in {self.directory} has "
+                       f"{len(leaves)} arrays, expected {len(likes)}.")
+    out = []
+    for x, spec in zip(leaves, likes):
+      x = np.asarray(x)
+      if x.size != int(np.prod(spec.shape)):
+        raise ValueError(f"Checkpoint {step} in {self.directory}: array of "
+                         f"shape {x.shape} where {spec.shape} is expected.")
+      # orbax may hand scalars back as shape (1,): restore the exact shape.
+      out.append(jax.numpy.asarray(x.reshape(spec.shape).astype(spec.dtype)))
+    return jax.tree.unflatten(jax.tree.structure(like), out)
 
   def close(self) -> None:
     self._manager.close()

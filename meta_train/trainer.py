@@ -162,13 +162,14 @@ class MetaTrainer:
     self._eval_key = jax.random.fold_in(base, 3)
     self.step_fn = jax.jit(self.outer_step, donate_argnums=0)
     self._eval_fn = jax.jit(self.evaluate_theta)
+    self._init_worker = jax.jit(self.estimator.init)
 
   # -- pure pieces ----------------------------------------------------------
 
   def init_state(self) -> TrainState:
     theta = self.rule.init_meta_params(self._theta_key)
     theta = jax.tree.map(jnp.asarray, theta)
-    worker_state = jax.jit(self.estimator.init)(theta, self._worker_key)
+    worker_state = self._init_worker(theta, self._worker_key)
     return TrainState(
         step=jnp.zeros([], jnp.int32), theta=theta,
         opt_state=self.optimizer.init(theta), worker_state=worker_state,
@@ -228,7 +229,7 @@ class MetaTrainer:
         resets=state.resets + metrics["resets"],
         nonfinite=state.nonfinite + metrics["nonfinite"])
     out = dict(metrics)
-    out.update(grad_norm=optax.global_norm(grad), skipped=(~ok).astype(
+    out.update(grad_norm=optax.tree.norm(grad), skipped=(~ok).astype(
         jnp.float32), meta_loss_ema=ema,
                learning_rate=jnp.asarray(self.schedule(state.step),
                                          jnp.float32))
@@ -298,9 +299,10 @@ class MetaTrainer:
         if cfg.eval_every > 0 and n % cfg.eval_every == 0:
           state = self._eval_and_track(state, pending)
         if n % cfg.log_every == 0 or n == cfg.outer_steps:
-          row = self._summarise(n, pending, state, time.perf_counter() -
-                                t_last)
-          t_last = time.perf_counter()
+          jax.block_until_ready(pending[-1])
+          now = time.perf_counter()
+          row = self._summarise(n, pending, state, now - t_last)
+          t_last = now
           pending = []
           history.append(row)
           if logger is not None:

@@ -47,33 +47,33 @@ class TBPTT(base.EstimatorBase):
     system = self.system
     num = state.ep.t.shape[0]
     theta_p = U.broadcast_theta(theta, num)
-
-    def do_reset(carry):
-      ep, inner, resets = carry
-      need = U.needs_reset(ep)
-      new_ep = U.next_episodes(system, ep)
-      new_inner = U.init_inner(system, theta_p, new_ep)
-      return (U.tree_select(need, new_ep, ep),
-              U.tree_select(need, new_inner, inner),
-              resets + need.astype(jnp.int32))
+    # Next episodes are built before the scan and selected on reset (see
+    # base.antithetic_unroll); the incoming state is a constant.
+    next_ep = U.next_episodes(system, state.ep)
+    fresh = U.init_inner(system, theta_p, next_ep)
 
     def body(carry, _):
-      carry = jax.lax.cond(jnp.any(U.needs_reset(carry[0])), do_reset,
-                           lambda c: c, carry[:3]) + carry[3:]
-      ep, inner, resets, loss_sum, counted, nonfinite = carry
+      ep, inner, avail, resets, loss_sum, counted, nonfinite = carry
+      need = U.needs_reset(ep)
+      use = need & avail
+      active = ~need | use
+      ep = U.tree_select(use, next_ep, ep)
+      inner = U.tree_select(use, fresh, inner)
       inner, loss = jax.vmap(system.step)(theta_p, inner, U.step_keys(ep))
       finite = jnp.isfinite(loss)
-      safe = jnp.where(finite, loss, 0.0)
-      ep = ep._replace(t=ep.t + 1, bad=~finite)
-      return (ep, inner, resets, loss_sum + safe,
-              counted + finite.astype(jnp.int32),
-              nonfinite + (~finite).astype(jnp.int32)), None
+      ok = finite & active
+      safe = jnp.where(ok, loss, 0.0)
+      ep = ep._replace(t=ep.t + 1, bad=jnp.where(active, ~finite, ep.bad))
+      return (ep, inner, avail & ~use, resets + use.astype(jnp.int32),
+              loss_sum + safe, counted + ok.astype(jnp.int32),
+              nonfinite + (active & ~finite).astype(jnp.int32)), None
 
     zi = jnp.zeros([num], jnp.int32)
     inner0 = jax.lax.stop_gradient(state.inner)
-    carry = (state.ep, inner0, zi, jnp.zeros([num], jnp.float32), zi, zi)
+    carry = (state.ep, inner0, jnp.ones([num], bool), zi,
+             jnp.zeros([num], jnp.float32), zi, zi)
     carry, _ = jax.lax.scan(body, carry, None, length=self.trunc_length)
-    ep, inner, resets, loss_sum, counted, nonfinite = carry
+    ep, inner, _, resets, loss_sum, counted, nonfinite = carry
     denom = self.trunc_length if self.reduce == "mean" else 1.0
     objective = jnp.mean(loss_sum) / denom
     aux = (TBPTTState(ep, inner), loss_sum, counted, resets, nonfinite)
@@ -84,7 +84,7 @@ class TBPTT(base.EstimatorBase):
     grad, aux = jax.grad(self._unroll, has_aux=True)(theta, state)
     new_state, loss_sum, counted, resets, nonfinite = aux
     if self.clip and self.clip > 0:
-      norm = optax.global_norm(grad)
+      norm = optax.tree.norm(grad)
       scale = jnp.minimum(1.0, self.clip / jnp.maximum(norm, 1e-30))
       grad = jax.tree.map(lambda g: g * scale, grad)
     num = counted.shape[0]
