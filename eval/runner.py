@@ -100,22 +100,33 @@ def default_eval_every(num_steps: int) -> int:
 
 def make_run_fn(task, make_opt: specs_lib.OptFactory, num_steps: int,
                 eval_every: int, num_valid_batches: int = 2,
-                num_test_batches: int = 4
+                num_test_batches: int = 0
                 ) -> Callable[[jax.Array, Any], Dict[str, Any]]:
   """Returns ``fn(key, hparams) -> outputs`` for one run (pure, jittable).
 
   ``make_opt(hparams)`` is called inside the trace, so ``hparams`` may hold
   traced scalars (a vmapped learning rate).
+
+  Structure (chosen for compile time, which dominates on small tasks): one
+  ``lax.scan`` over the ``S = len(eval_schedule)`` evaluation points; point
+  ``j`` evaluates the current parameters, then runs segment ``j`` (the
+  ``eval_every`` steps up to the next point) as an inner ``lax.scan``.
+  Validation code is therefore traced once, not once per call site. The
+  last point runs no steps (``lax.cond``); a short final segment (when
+  ``eval_every`` does not divide ``num_steps``) skips its padding steps with
+  a per-step ``lax.cond``.
   """
-  eval_schedule(num_steps, eval_every)  # validates
-  n_chunks, rem = divmod(num_steps, eval_every)
+  schedule = eval_schedule(num_steps, eval_every)  # validates
+  num_points = len(schedule)
+  rem = num_steps % eval_every
+  padded = num_points * eval_every
 
   def evaluate(params, keys, split):
     def one(k):
       kb, km = jax.random.split(k)
       batch = task.sample_batch(kb, split)
       return dict(task.metrics(params, batch, km))
-    ms = jax.vmap(one)(keys)
+    ms = jax.lax.map(one, keys)
     return {k: jnp.mean(jnp.asarray(v, jnp.float32), axis=0)
             for k, v in ms.items()}
 
@@ -124,42 +135,50 @@ def make_run_fn(task, make_opt: specs_lib.OptFactory, num_steps: int,
     k_init, k_train, k_valid, k_test = jax.random.split(key, 4)
     params = task.init(k_init)
     state = opt.init(params)
-    valid_keys = jax.random.split(k_valid, num_valid_batches)
-    test_keys = jax.random.split(k_test, num_test_batches)
+    valid_keys = jax.random.split(k_valid, max(1, num_valid_batches))
 
-    def step(carry, t):
+    # All per-step keys at once (one batched threefry, outside the loop).
+    ts = jnp.arange(padded)
+    step_keys = jax.vmap(
+        lambda t: jax.random.split(jax.random.fold_in(k_train, t)))(ts)
+
+    def step(carry, keys):
       params, state = carry
-      kb, kl = jax.random.split(jax.random.fold_in(k_train, t))
-      batch = task.sample_batch(kb, "train")
-      loss, grads = jax.value_and_grad(task.loss)(params, batch, kl)
+      batch = task.sample_batch(keys[0], "train")
+      loss, grads = jax.value_and_grad(task.loss)(params, batch, keys[1])
       updates, state = opt.update(grads, state, params, value=loss)
       params = optax.apply_updates(params, updates)
       return (params, state), jnp.asarray(loss, jnp.float32)
 
-    def chunk(carry, c):
-      ts = c * eval_every + jnp.arange(eval_every)
-      carry, losses = jax.lax.scan(step, carry, ts)
-      return carry, (losses, evaluate(carry[0], valid_keys, "valid"))
+    def masked_step(carry, xs):
+      t, keys = xs
+      return jax.lax.cond(t < num_steps, step,
+                          lambda c, k: (c, jnp.float32(jnp.nan)), carry, keys)
 
-    m0 = evaluate(params, valid_keys, "valid")
-    carry = (params, state)
-    losses_parts, valid_parts = [], [jax.tree.map(lambda x: x[None], m0)]
-    if n_chunks:
-      carry, (losses, ms) = jax.lax.scan(chunk, carry, jnp.arange(n_chunks))
-      losses_parts.append(losses.reshape(-1))
-      valid_parts.append(ms)
-    if rem:
-      ts = n_chunks * eval_every + jnp.arange(rem)
-      carry, losses = jax.lax.scan(step, carry, ts)
-      losses_parts.append(losses)
-      valid_parts.append(jax.tree.map(
-          lambda x: x[None], evaluate(carry[0], valid_keys, "valid")))
-    valid = jax.tree.map(lambda *xs: jnp.concatenate(xs), *valid_parts)
-    return {
-        "train_loss": jnp.concatenate(losses_parts),
-        "valid": valid,
-        "test": evaluate(carry[0], test_keys, "test"),
-    }
+    def point(carry, xs):
+      j, ts_j, keys_j = xs
+      metrics = evaluate(carry[0], valid_keys, "valid")
+      if rem:
+        run = lambda c: jax.lax.scan(masked_step, c, (ts_j, keys_j))
+      else:
+        run = lambda c: jax.lax.scan(step, c, keys_j)
+      skip = lambda c: (c, jnp.full((eval_every,), jnp.nan, jnp.float32))
+      carry, losses = jax.lax.cond(j < num_points - 1, run, skip, carry)
+      return carry, (losses, metrics)
+
+    xs = (jnp.arange(num_points), ts.reshape(num_points, eval_every),
+          step_keys.reshape((num_points, eval_every) + step_keys.shape[1:]))
+    carry, (losses, valid) = jax.lax.scan(point, (params, state), xs)
+    out = {"train_loss": losses.reshape(-1)[:num_steps], "valid": valid}
+    if num_test_batches:
+      out["test"] = evaluate(carry[0], jax.random.split(k_test,
+                                                        num_test_batches),
+                             "test")
+    else:
+      out["test"] = {}
+    if not num_valid_batches:
+      out["valid"] = {}
+    return out
 
   return fn
 
@@ -171,27 +190,56 @@ def _seed_keys(seeds: Sequence[int]) -> jax.Array:
   return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
 
 
-def _execute(fn, args) -> Tuple[Dict[str, Any], float, float]:
+@dataclasses.dataclass
+class Prepared:
+  """A compiled, not yet executed batch of runs (:func:`prepare_run`,
+  :func:`prepare_sweep`). Compiling ahead lets a caller compile the next
+  program on one core while this one executes on another."""
+
+  compiled: Any
+  args: Tuple[Any, ...]
+  eval_steps: np.ndarray
+  compile_s: float
+  num_runs: int
+
+  def execute(self) -> RunResult:
+    """Runs the program; ``wall_s`` is its execution time alone."""
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(self.compiled(*self.args))
+    wall_s = time.perf_counter() - t0
+    out = jax.device_get(out)
+    return RunResult(
+        train_loss=np.asarray(out["train_loss"], np.float32),
+        eval_steps=self.eval_steps,
+        valid={k: np.asarray(v, np.float32) for k, v in out["valid"].items()},
+        test={k: np.asarray(v, np.float32) for k, v in out["test"].items()},
+        wall_s=float(wall_s), compile_s=self.compile_s,
+        num_runs=self.num_runs)
+
+
+def _compile(fn, args, eval_steps, num_runs) -> Prepared:
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(*args).compile()
-  t1 = time.perf_counter()
-  out = jax.block_until_ready(compiled(*args))
-  t2 = time.perf_counter()
-  return jax.device_get(out), t1 - t0, t2 - t1
+  return Prepared(compiled, tuple(args), eval_steps,
+                  time.perf_counter() - t0, num_runs)
 
 
-def _to_result(out, eval_steps, compile_s, wall_s, num_runs) -> RunResult:
-  return RunResult(
-      train_loss=np.asarray(out["train_loss"], np.float32),
-      eval_steps=eval_steps,
-      valid={k: np.asarray(v, np.float32) for k, v in out["valid"].items()},
-      test={k: np.asarray(v, np.float32) for k, v in out["test"].items()},
-      wall_s=float(wall_s), compile_s=float(compile_s), num_runs=num_runs)
+def prepare_run(task, optimizer: Any, num_steps: int, seeds: Sequence[int],
+                eval_every: Optional[int] = None, num_valid_batches: int = 2,
+                num_test_batches: int = 0) -> Prepared:
+  """Compiles :func:`run`'s program (see there for the arguments)."""
+  eval_every = eval_every or default_eval_every(num_steps)
+  make_opt = optimizer_factory(optimizer, task, num_steps)
+  fn = make_run_fn(task, lambda hp: make_opt({}), num_steps, eval_every,
+                   num_valid_batches, num_test_batches)
+  keys = _seed_keys(seeds)
+  return _compile(jax.vmap(lambda k: fn(k, None)), (keys,),
+                  eval_schedule(num_steps, eval_every), len(keys))
 
 
 def run(task, optimizer: Any, num_steps: int, seeds: Sequence[int],
         eval_every: Optional[int] = None, num_valid_batches: int = 2,
-        num_test_batches: int = 4) -> RunResult:
+        num_test_batches: int = 0) -> RunResult:
   """Trains ``task`` with ``optimizer`` from every seed (one jitted program).
 
   Args:
@@ -203,31 +251,22 @@ def run(task, optimizer: Any, num_steps: int, seeds: Sequence[int],
     num_steps: training steps per run.
     seeds: one run per seed, vmapped.
     eval_every: validation interval (default: ~20 points per run).
+    num_valid_batches: validation batches averaged at each point.
+    num_test_batches: test batches evaluated at the end (0: none).
 
   Returns:
     A :class:`RunResult` with ``train_loss`` of shape ``[S, num_steps]``.
   """
-  eval_every = eval_every or default_eval_every(num_steps)
-  make_opt = optimizer_factory(optimizer, task, num_steps)
-  fn = make_run_fn(task, lambda hp: make_opt({}), num_steps, eval_every,
-                   num_valid_batches, num_test_batches)
-  keys = _seed_keys(seeds)
-  batched = jax.vmap(lambda k: fn(k, None))
-  out, compile_s, wall_s = _execute(batched, (keys,))
-  return _to_result(out, eval_schedule(num_steps, eval_every), compile_s,
-                    wall_s, len(keys))
+  return prepare_run(task, optimizer, num_steps, seeds, eval_every,
+                     num_valid_batches, num_test_batches).execute()
 
 
-def run_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
-              seeds: Sequence[int], hparams: Optional[Mapping[str, float]] = None,
-              eval_every: Optional[int] = None, num_valid_batches: int = 2,
-              num_test_batches: int = 4) -> RunResult:
-  """Runs baseline ``baseline`` at every learning rate in ``lrs`` from every
-  seed: one program, ``vmap`` over learning rates of ``vmap`` over seeds.
-
-  Returns:
-    A :class:`RunResult` with ``train_loss`` of shape ``[L, S, num_steps]``.
-  """
+def prepare_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
+                  seeds: Sequence[int],
+                  hparams: Optional[Mapping[str, float]] = None,
+                  eval_every: Optional[int] = None, num_valid_batches: int = 2,
+                  num_test_batches: int = 0) -> Prepared:
+  """Compiles :func:`run_sweep`'s program (see there for the arguments)."""
   if baseline not in specs_lib.BASELINES:
     raise ValueError(f"Unknown baseline {baseline!r}; known: "
                      f"{', '.join(specs_lib.BASELINES)}.")
@@ -246,10 +285,24 @@ def run_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
   keys = _seed_keys(seeds)
   over_seeds = jax.vmap(fn, in_axes=(0, None))
   over_lrs = jax.vmap(over_seeds, in_axes=(None, 0))
-  out, compile_s, wall_s = _execute(
-      over_lrs, (keys, jnp.asarray(lrs, jnp.float32)))
-  return _to_result(out, eval_schedule(num_steps, eval_every), compile_s,
-                    wall_s, len(keys) * len(lrs))
+  return _compile(over_lrs, (keys, jnp.asarray(lrs, jnp.float32)),
+                  eval_schedule(num_steps, eval_every), len(keys) * len(lrs))
+
+
+def run_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
+              seeds: Sequence[int], hparams: Optional[Mapping[str, float]] = None,
+              eval_every: Optional[int] = None, num_valid_batches: int = 2,
+              num_test_batches: int = 0) -> RunResult:
+  """Runs baseline ``baseline`` at every learning rate in ``lrs`` from every
+  seed: one program, ``vmap`` over learning rates of ``vmap`` over seeds
+  (``lrs`` is a traced array, so the grid costs one compilation).
+
+  Returns:
+    A :class:`RunResult` with ``train_loss`` of shape ``[L, S, num_steps]``.
+  """
+  return prepare_sweep(task, baseline, lrs, num_steps, seeds, hparams,
+                       eval_every, num_valid_batches,
+                       num_test_batches).execute()
 
 
 def optimizer_factory(optimizer: Any, task, num_steps: int

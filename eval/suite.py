@@ -14,8 +14,11 @@ of :mod:`lopt.eval.report`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import functools
 import math
+import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jax
@@ -74,11 +77,12 @@ def resolve_tasks(tasks: Union[str, Sequence[Any]]) -> List[Any]:
     try:
       out.append(get(n))
     except (KeyError, ValueError) as e:
-      known = getattr(tasks_lib, "list_tasks", lambda: ())()
-      hint = f" Known tasks: {', '.join(known)}." if known else ""
       msg = str(e.args[0]) if e.args else str(e)
-      raise ValueError(f"Unknown task {n!r}: {msg}.{hint}".replace("..", ".")
-                       ) from None
+      if "valid" not in msg.lower() and "known" not in msg.lower():
+        known = getattr(tasks_lib, "list_tasks", lambda: ())()
+        msg = (f"Unknown task {n!r} ({msg}). Known tasks: "
+               f"{', '.join(known)}.")
+      raise ValueError(msg) from None
   seen = set()
   for t in out:
     name = getattr(t, "name", None)
@@ -143,14 +147,57 @@ def _run_record(res: runner.RunResult, window: int, **extra) -> Dict:
   }
 
 
+def default_compile_workers() -> int:
+  """Background compile threads: one per spare core, at most 2."""
+  return max(0, min(2, (os.cpu_count() or 1) - 1))
+
+
+def _execute_units(units, cb: Callback, compile_workers: int):
+  """Runs the units in order; returns ``[(RunResult, from_cache)]``.
+
+  Cache hits are read first. Programs are compiled by ``compile_workers``
+  background threads (XLA releases the GIL while compiling and executing),
+  so the next program compiles while the current one executes; with 0
+  workers everything happens in this thread. Execution (and its timing)
+  always happens here, one program at a time.
+  """
+  cached = [job.lookup() if job is not None else None
+            for (_, _, _, job, _) in units]
+  pool = (concurrent.futures.ThreadPoolExecutor(
+      compile_workers, thread_name_prefix="lopt-eval-compile")
+          if compile_workers > 0 else None)
+  try:
+    futures = [None if hit is not None or pool is None else
+               pool.submit(prep) for hit, (*_, prep) in zip(cached, units)]
+    out = []
+    for (tname, kind, spec, job, prep), hit, fut in zip(units, cached,
+                                                       futures):
+      what = f"{spec.name} sweep" if kind == "sweep" else spec.label
+      cb("begin", {"task": tname, "what": what})
+      if hit is not None:
+        out.append((hit, True))
+      else:
+        prepared = fut.result() if fut is not None else prep()
+        res = prepared.execute()
+        if job is not None:
+          job.store(res)
+        out.append((res, False))
+      cb("done", {"task": tname, "what": what, "from_cache": hit is not None})
+    return out
+  finally:
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
+
+
 def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
              num_steps: int = 1000, seeds: Union[int, Sequence[int]] = 3,
              baseline_sweep: Sequence[str] = ("adam",),
              lrs: Optional[Dict[str, Sequence[float]]] = None,
              num_lrs: int = 7, eval_every: Optional[int] = None,
              window: Optional[int] = None, cache_dir: Optional[str] = None,
-             num_valid_batches: int = 2, num_test_batches: int = 4,
-             callback: Optional[Callback] = None) -> Dict[str, Any]:
+             num_valid_batches: int = 2, num_test_batches: int = 0,
+             callback: Optional[Callback] = None,
+             compile_workers: Optional[int] = None) -> Dict[str, Any]:
   """Evaluates ``optimizers`` on ``tasks`` against tuned baselines.
 
   Args:
@@ -167,6 +214,8 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
     window: smoothing window in steps (default 5 % of ``num_steps``).
     cache_dir: where baseline runs are cached (``None``: no cache).
     callback: progress callback, see :data:`Callback`.
+    compile_workers: background compile threads (default
+      :func:`default_compile_workers`); 0 compiles inline.
 
   Returns:
     The record: ``{"format", "created", "config", "tasks": {name: {...}},
@@ -197,13 +246,39 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
                        f"({', '.join(specs_lib.BASELINES)}), got {b!r}.")
     grid = (lrs or {}).get(spec.name) or specs_lib.lr_grid(spec.name, num_lrs)
     sweeps.append((spec, tuple(float(x) for x in grid)))
+  names = [s.name for s, _ in sweeps]
+  if len(set(names)) != len(names):
+    raise ValueError(f"Each baseline can be swept once, got {names}.")
   task_objs = resolve_tasks(tasks)
+  if compile_workers is None:
+    compile_workers = default_compile_workers()
 
   total = len(task_objs) * (len(sweeps) + len(parsed))
   cb = callback or (lambda event, info: None)
   cb("start", {"total": total})
   common = dict(eval_every=eval_every, num_valid_batches=num_valid_batches,
                 num_test_batches=num_test_batches)
+
+  # Work units in execution order: per task, the sweeps then the optimizers.
+  # A unit is a cacheable Job (baselines) or a bare prepare() (learned).
+  units = []
+  for task in task_objs:
+    tname = getattr(task, "name", type(task).__name__)
+    for spec, grid in sweeps:
+      job = tuning.sweep_job(task, spec.text, num_steps, seeds, lrs=grid,
+                             cache_dir=cache_dir, **common)
+      units.append((tname, "sweep", spec, job, job.prepare))
+    for spec, resolved in parsed:
+      if spec.kind == "baseline":
+        job = tuning.baseline_job(task, spec, num_steps, seeds,
+                                  cache_dir=cache_dir, **common)
+        units.append((tname, "run", spec, job, job.prepare))
+      else:
+        prep = functools.partial(runner.prepare_run, task, resolved,
+                                 num_steps, seeds, **common)
+        units.append((tname, "run", spec, None, prep))
+
+  results = _execute_units(units, cb, compile_workers)
 
   task_records: Dict[str, Any] = {}
   for task in task_objs:
@@ -212,41 +287,32 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
     curves: Dict[str, np.ndarray] = {}
     tuned_labels: List[str] = []
     eval_steps = None
-    for spec, grid in sweeps:
-      cb("begin", {"task": tname, "what": f"{spec.name} sweep"})
-      tr = tuning.tune(task, spec.text, num_steps, seeds, lrs=grid,
-                       cache_dir=cache_dir, window=window, **common)
-      best = tr.best
-      eval_steps = best.eval_steps
-      runs[tr.label] = _run_record(
-          best, window, kind="tuned", spec=tr.spec.canonical,
-          baseline=tr.baseline, best_lr=tr.best_lr, at_edge=tr.at_edge,
-          lrs=list(tr.lrs), scores=[_num(s) for s in tr.scores],
-          sweep_mean_train_loss=_finite_list(
-              np.mean(tr.sweep.train_loss.astype(np.float64), axis=1)),
-          sweep_wall_s=tr.sweep.wall_s, sweep_compile_s=tr.sweep.compile_s,
-          from_cache=tr.from_cache)
-      # The sweep program runs L x S runs at once; per-run step time is
-      # amortised over all of them.
-      curves[tr.label] = best.train_loss
-      tuned_labels.append(tr.label)
-      cb("done", {"task": tname, "what": f"{spec.name} sweep",
-                  "from_cache": tr.from_cache})
-    for spec, resolved in parsed:
-      cb("begin", {"task": tname, "what": spec.label})
-      if spec.kind == "baseline":
-        res, hit = tuning.run_baseline(task, spec, num_steps, seeds,
-                                       cache_dir=cache_dir, **common)
-        extra: Dict[str, Any] = {"from_cache": hit}
-      else:
-        res = runner.run(task, resolved, num_steps, seeds, **common)
-        extra = {"from_cache": False, "rule": resolved.header.get("rule")}
+    for (un, kind, spec, job, _), (res, hit) in zip(units, results):
+      if un != tname:
+        continue
       eval_steps = res.eval_steps
-      runs[spec.label] = _run_record(res, window, kind=spec.kind,
-                                     spec=spec.text, **extra)
-      curves[spec.label] = res.train_loss
-      cb("done", {"task": tname, "what": spec.label,
-                  "from_cache": extra["from_cache"]})
+      if kind == "sweep":
+        tr = tuning.finish_tune(job, res, hit, window)
+        best = tr.best
+        # step_time_s of a tuned baseline is amortised over the whole sweep
+        # (L x S runs in one vmapped program).
+        runs[tr.label] = _run_record(
+            best, window, kind="tuned", spec=tr.spec.canonical,
+            baseline=tr.baseline, best_lr=tr.best_lr, at_edge=tr.at_edge,
+            lrs=list(tr.lrs), scores=[_num(x) for x in tr.scores],
+            sweep_mean_train_loss=_finite_list(
+                np.mean(res.train_loss.astype(np.float64), axis=1)),
+            sweep_wall_s=res.wall_s, sweep_compile_s=res.compile_s,
+            from_cache=hit)
+        curves[tr.label] = best.train_loss
+        tuned_labels.append(tr.label)
+      else:
+        extra: Dict[str, Any] = {"from_cache": hit}
+        if spec.kind != "baseline":
+          extra["rule"] = dict(parsed)[spec].header.get("rule")
+        runs[spec.label] = _run_record(res, window, kind=spec.kind,
+                                       spec=spec.text, **extra)
+        curves[spec.label] = res.train_loss
     speedups = {}
     for spec, _ in parsed:
       speedups[spec.label] = {

@@ -78,46 +78,62 @@ def select_best(sweep_train_loss: np.ndarray, window: Optional[int] = None
   return scores, int(np.argmin(clean))
 
 
-def cached(cache_dir: Optional[str], task, label: str,
-           fields: Mapping[str, Any],
-           compute: Callable[[], runner.RunResult]
-           ) -> Tuple[runner.RunResult, bool, Optional[str]]:
-  """Returns ``(result, from_cache, path)``; runs ``compute`` on a miss and
-  stores its result (no cache when ``cache_dir`` is ``None``)."""
-  if cache_dir is None:
-    return compute(), False, None
-  fp = cache_lib.task_fingerprint(task)
-  key = cache_lib.make_key({"task": fp, **fields})
-  path = cache_lib.entry_path(cache_dir, fp["name"], label, key)
-  hit = cache_lib.load(path)
-  if hit is not None:
-    return hit[0], True, path
-  res = compute()
-  cache_lib.save(path, res, {"task": fp, **fields})
-  return res, False, path
+@dataclasses.dataclass
+class Job:
+  """A unit of work whose result may be cached: look it up, or compile
+  (``prepare``) and execute it, then ``store`` it.
 
-
-def tune(task, baseline: str = "adam", num_steps: int = 1000,
-         seeds: Sequence[int] = (0, 1, 2),
-         lrs: Optional[Sequence[float]] = None,
-         hparams: Optional[Mapping[str, float]] = None,
-         eval_every: Optional[int] = None,
-         cache_dir: Optional[str] = None,
-         window: Optional[int] = None,
-         num_valid_batches: int = 2, num_test_batches: int = 4) -> TuneResult:
-  """Sweeps the learning rate of ``baseline`` on ``task``.
-
-  Args:
+  Attributes:
     task: the task.
-    baseline: one of :data:`lopt.eval.specs.BASELINES`, or a spec string
-      such as ``"adamw:wd=1e-2"`` whose non-``lr`` values are kept fixed.
-    lrs: the grid (default: :func:`lopt.eval.specs.lr_grid`, 7 points).
-    cache_dir: cache directory, or ``None`` for no cache.
-    window: smoothing window for scoring (default 5 % of ``num_steps``).
-
-  Returns:
-    A :class:`TuneResult`.
+    label: short name used in the cache file name.
+    fields: everything that determines the numbers (hashed into the key).
+    prepare: compiles the program (:class:`lopt.eval.runner.Prepared`).
+    cache_dir: cache directory or ``None``.
   """
+
+  task: Any
+  label: str
+  fields: Dict[str, Any]
+  prepare: Callable[[], runner.Prepared]
+  cache_dir: Optional[str] = None
+  path: Optional[str] = None
+  _fp: Optional[Dict[str, Any]] = None
+
+  def __post_init__(self):
+    if self.cache_dir is not None:
+      self._fp = cache_lib.task_fingerprint(self.task)
+      key = cache_lib.make_key({"task": self._fp, **self.fields})
+      self.path = cache_lib.entry_path(self.cache_dir, self._fp["name"],
+                                       self.label, key)
+
+  def lookup(self) -> Optional[runner.RunResult]:
+    if self.path is None:
+      return None
+    hit = cache_lib.load(self.path)
+    return None if hit is None else hit[0]
+
+  def store(self, result: runner.RunResult) -> None:
+    if self.path is not None:
+      cache_lib.save(self.path, result, {"task": self._fp, **self.fields})
+
+  def result(self) -> Tuple[runner.RunResult, bool]:
+    """``(result, from_cache)``: the cached result, or compute and store."""
+    hit = self.lookup()
+    if hit is not None:
+      return hit, True
+    res = self.prepare().execute()
+    self.store(res)
+    return res, False
+
+
+def sweep_job(task, baseline: str = "adam", num_steps: int = 1000,
+              seeds: Sequence[int] = (0, 1, 2),
+              lrs: Optional[Sequence[float]] = None,
+              hparams: Optional[Mapping[str, float]] = None,
+              eval_every: Optional[int] = None,
+              cache_dir: Optional[str] = None,
+              num_valid_batches: int = 2, num_test_batches: int = 0) -> Job:
+  """The (cacheable) learning-rate sweep of :func:`tune`."""
   spec = specs_lib.parse_optimizer(baseline)
   if spec.kind != "baseline":
     raise ValueError(
@@ -136,29 +152,72 @@ def tune(task, baseline: str = "adam", num_steps: int = 1000,
             "eval_every": int(eval_every),
             "num_valid_batches": num_valid_batches,
             "num_test_batches": num_test_batches}
-  sweep, hit, path = cached(
-      cache_dir, task, f"sweep-{spec.name}", fields,
-      lambda: runner.run_sweep(task, spec.name, lrs, num_steps, seeds, hp,
-                               eval_every, num_valid_batches,
-                               num_test_batches))
+  return Job(task, f"sweep-{spec.name}", fields,
+             lambda: runner.prepare_sweep(
+                 task, spec.name, lrs, num_steps, seeds, hp, eval_every,
+                 num_valid_batches, num_test_batches), cache_dir)
+
+
+def finish_tune(job: Job, sweep: runner.RunResult, from_cache: bool,
+                window: Optional[int] = None) -> TuneResult:
+  """Scores a sweep's curves and picks the best learning rate."""
   scores, best = select_best(sweep.train_loss, window)
-  return TuneResult(spec.name, hp, lrs, scores, best, sweep, hit, path)
+  f = job.fields
+  return TuneResult(f["baseline"], dict(f["hparams"]), tuple(f["lrs"]),
+                    scores, best, sweep, from_cache, job.path)
 
 
-def run_baseline(task, spec: specs_lib.OptimizerSpec, num_steps: int,
+def tune(task, baseline: str = "adam", num_steps: int = 1000,
+         seeds: Sequence[int] = (0, 1, 2),
+         lrs: Optional[Sequence[float]] = None,
+         hparams: Optional[Mapping[str, float]] = None,
+         eval_every: Optional[int] = None,
+         cache_dir: Optional[str] = None,
+         window: Optional[int] = None,
+         num_valid_batches: int = 2, num_test_batches: int = 0) -> TuneResult:
+  """Sweeps the learning rate of ``baseline`` on ``task``.
+
+  Args:
+    task: the task.
+    baseline: one of :data:`lopt.eval.specs.BASELINES`, or a spec string
+      such as ``"adamw:wd=1e-2"`` whose non-``lr`` values are kept fixed.
+    num_steps: training steps per run.
+    seeds: seeds; every (learning rate, seed) pair is one vmapped run.
+    lrs: the grid (default: :func:`lopt.eval.specs.lr_grid`, 7 points).
+    cache_dir: cache directory, or ``None`` for no cache.
+    window: smoothing window for scoring (default 5 % of ``num_steps``).
+
+  Returns:
+    A :class:`TuneResult`.
+  """
+  job = sweep_job(task, baseline, num_steps, seeds, lrs, hparams, eval_every,
+                  cache_dir, num_valid_batches, num_test_batches)
+  sweep, hit = job.result()
+  return finish_tune(job, sweep, hit, window)
+
+
+def baseline_job(task, spec: specs_lib.OptimizerSpec, num_steps: int,
                  seeds: Sequence[int], eval_every: Optional[int] = None,
-                 cache_dir: Optional[str] = None,
-                 num_valid_batches: int = 2, num_test_batches: int = 4
-                 ) -> Tuple[runner.RunResult, bool]:
-  """Runs a fixed-hyper-parameter baseline (cached like sweeps)."""
+                 cache_dir: Optional[str] = None, num_valid_batches: int = 2,
+                 num_test_batches: int = 0) -> Job:
+  """A fixed-hyper-parameter baseline run (cached like sweeps)."""
   eval_every = eval_every or runner.default_eval_every(num_steps)
   seeds = tuple(int(s) for s in seeds)
   fields = {"kind": "run", "spec": spec.canonical, "num_steps": int(num_steps),
             "seeds": seeds, "eval_every": int(eval_every),
             "num_valid_batches": num_valid_batches,
             "num_test_batches": num_test_batches}
-  res, hit, _ = cached(
-      cache_dir, task, spec.name, fields,
-      lambda: runner.run(task, spec, num_steps, seeds, eval_every,
-                         num_valid_batches, num_test_batches))
-  return res, hit
+  return Job(task, spec.name, fields,
+             lambda: runner.prepare_run(task, spec, num_steps, seeds,
+                                        eval_every, num_valid_batches,
+                                        num_test_batches), cache_dir)
+
+
+def run_baseline(task, spec: specs_lib.OptimizerSpec, num_steps: int,
+                 seeds: Sequence[int], eval_every: Optional[int] = None,
+                 cache_dir: Optional[str] = None,
+                 num_valid_batches: int = 2, num_test_batches: int = 0
+                 ) -> Tuple[runner.RunResult, bool]:
+  """Runs a fixed-hyper-parameter baseline; ``(result, from_cache)``."""
+  return baseline_job(task, spec, num_steps, seeds, eval_every, cache_dir,
+                      num_valid_batches, num_test_batches).result()

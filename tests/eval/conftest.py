@@ -89,3 +89,10 @@ def noisy_quadratic():
 @pytest.fixture
 def logistic():
   return Logistic()
+
+
+@pytest.fixture
+def Quad():
+  """The :class:`Quadratic` class (test modules cannot import conftest in
+  importlib mode)."""
+  return Quadratic

@@ -1,0 +1,87 @@
+"""Speedup / smoothing metrics on synthetic curves with known answers."""
+
+import math
+
+import numpy as np
+import pytest
+
+from lopt.eval import metrics
+
+
+def base_curve(t):
+  """A decreasing loss curve as a function of the (1-based) step."""
+  return 1.0 / (1.0 + 0.01 * np.asarray(t, np.float64))
+
+
+def test_smooth_is_trailing_mean():
+  c = np.array([4.0, 2.0, 6.0, 0.0, 2.0])
+  np.testing.assert_allclose(metrics.smooth(c, 2), [4, 3, 4, 3, 1])
+  np.testing.assert_allclose(metrics.smooth(c, 1), c)
+  np.testing.assert_allclose(metrics.smooth(c, 10), np.cumsum(c) / np.arange(1, 6))
+
+
+def test_smooth_propagates_nonfinite_inside_window_only():
+  c = np.array([1.0, np.nan, 1.0, 1.0, 1.0])
+  s = metrics.smooth(c, 2)
+  assert np.isinf(s[1]) and np.isinf(s[2]) and s[3] == 1.0
+
+
+def test_final_loss_mean_over_seeds_then_last_window():
+  curves = np.array([[5.0, 3.0, 1.0, 1.0], [5.0, 3.0, 3.0, 3.0]])
+  assert metrics.final_loss(curves, window=2) == pytest.approx(2.0)
+  assert metrics.final_loss(np.array([[1.0, np.inf], [1.0, 1.0]]), 1) == math.inf
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_speedup_of_curve_shifted_by_factor_exact(factor):
+  T = 500
+  learned = base_curve(factor * np.arange(1, T + 1))       # L(t) = B(k t)
+  baseline = base_curve(np.arange(1, factor * T + 1))      # B over k T steps
+  s = metrics.speedup(learned[None], baseline[None], window=1)
+  assert s.value == pytest.approx(factor)
+  assert not s.lower_bound and s.steps_to_reach == factor * T
+  assert str(s) == f"{factor:.2f}x"
+
+
+def test_speedup_shifted_by_two_with_default_smoothing_is_close_to_two():
+  T = 1000
+  learned = base_curve(2 * np.arange(1, T + 1))
+  baseline = base_curve(np.arange(1, 3 * T + 1))
+  s = metrics.speedup(np.stack([learned, learned]), baseline[None])
+  assert s.value == pytest.approx(2.0, rel=0.03)
+
+
+def test_speedup_never_reached_is_lower_bound():
+  T = 300
+  learned = base_curve(2 * np.arange(1, T + 1))
+  baseline = base_curve(np.arange(1, T + 1))               # same horizon
+  s = metrics.speedup(learned[None], baseline[None], window=1)
+  assert s.lower_bound and s.steps_to_reach is None
+  assert s.value == pytest.approx(1.0)
+  assert str(s).startswith(f">= {T}/{T}")
+
+
+def test_speedup_below_one_when_slower():
+  T = 400
+  learned = base_curve(0.5 * np.arange(1, T + 1))          # half as fast
+  baseline = base_curve(np.arange(1, T + 1))
+  s = metrics.speedup(learned[None], baseline[None], window=1)
+  assert s.value == pytest.approx(0.5)
+  assert str(s) == f"{T // 2}/{T} (0.50x)"
+
+
+def test_speedup_diverged_optimizer_is_zero():
+  learned = np.array([[1.0, np.nan, np.nan]])
+  s = metrics.speedup(learned, np.array([[1.0, 0.5, 0.1]]), window=1)
+  assert s.value == 0.0 and str(s) == "diverged"
+
+
+def test_aggregate_median_and_iqm():
+  assert metrics.iqm([1, 2, 3, 4]) == pytest.approx(2.5)
+  assert metrics.iqm([100, 1, 2, 3, 4, 5, 6, -50]) == pytest.approx(3.5)
+  sp = [metrics.Speedup(v, lb, None, 10, 10, 0.1)
+        for v, lb in [(1.0, False), (2.0, True), (4.0, False), (0.5, False)]]
+  agg = metrics.aggregate(sp)
+  assert agg["median"] == pytest.approx(1.5)
+  assert agg["iqm"] == pytest.approx(1.5)
+  assert agg["num_lower_bounds"] == 1 and agg["num_faster"] == 2
