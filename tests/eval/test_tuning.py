@@ -75,14 +75,11 @@ def test_cache_hit_skips_work_and_gives_identical_numbers(Quad, tmp_path,
   with pytest.raises(AssertionError, match="cache hit"):
     tuning.tune(Quad(dim=5, noise=0.2, name="noisy4"), "adam", **kw)
 
-
-def test_corrupt_cache_entry_is_recomputed(Quad, tmp_path):
-  task = Quad(dim=2, name="tiny")
-  kw = dict(num_steps=5, seeds=[0], lrs=[0.1], cache_dir=str(tmp_path))
-  first = tuning.tune(task, "sgd", **kw)
+  # A corrupt entry is recomputed (and rewritten), with the same numbers.
+  monkeypatch.undo()
   with open(first.cache_path, "wb") as f:
     f.write(b"garbage")
-  again = tuning.tune(task, "sgd", **kw)
+  again = tuning.tune(task, "adam", **kw)
   assert not again.from_cache
   np.testing.assert_array_equal(again.sweep.train_loss, first.sweep.train_loss)
   assert cache.load(first.cache_path) is not None
