@@ -25,6 +25,25 @@ Scalar = Union[float, int, Array]
 _KSIZE = 3
 
 
+def _conv3x3(h: Array, w: Array, stride: int) -> Array:
+  """SAME-padded ``stride``-strided convolution (NHWC input, HWIO kernel) as
+  one matmul over im2col patches; equals ``lax.conv_general_dilated`` but
+  runs several times faster on CPU inside ``lax.scan`` for these tiny
+  images."""
+  kh, kw, c_in, c_out = w.shape
+  _, height, width, _ = h.shape
+  out_h, out_w = -(-height // stride), -(-width // stride)
+  pad_h = max((out_h - 1) * stride + kh - height, 0)
+  pad_w = max((out_w - 1) * stride + kw - width, 0)
+  hp = jnp.pad(h, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
+                   (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+  patches = jnp.concatenate(
+      [hp[:, dy:dy + stride * (out_h - 1) + 1:stride,
+          dx:dx + stride * (out_w - 1) + 1:stride, :]
+       for dy in range(kh) for dx in range(kw)], axis=-1)
+  return patches @ w.reshape(kh * kw * c_in, c_out)
+
+
 class ConvClassifier(Task):
   """Conv net ``channels[0] -> ... -> channels[-1] -> pool -> dense``."""
 
@@ -85,9 +104,7 @@ class ConvClassifier(Task):
     for i in range(len(self.channels)):
       p = params[f"conv_{i}"]
       stride = 1 if i == 0 else 2
-      h = jax.lax.conv_general_dilated(
-          h, p["w"], (stride, stride), "SAME",
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      h = _conv3x3(h, p["w"], stride)
       h = common.apply_activation(h + p["b"], self.activation)
     h = jnp.mean(h, axis=(1, 2))
     return h @ params["readout"]["w"] + params["readout"]["b"]
