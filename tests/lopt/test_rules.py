@@ -33,7 +33,7 @@ def _grads(params, seed=1):
                          for k, p in zip(keys, leaves)])
 
 
-def _run(rule, theta, params, steps=3, meta=None):
+def _run(rule, theta, params, steps=2, meta=None):
   state = rule.init(theta, params, 10, meta)
   upd = None
   for i in range(steps):
@@ -63,7 +63,8 @@ def test_any_pytree_jit_dtypes(name, dtype):
       assert leaf.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("name", ALL_RULES)
+# The muP variants share every code path but the update scale (tested below).
+@pytest.mark.parametrize("name", ["sgd", "adam", "mlp", "velo"])
 def test_vmap_over_particles_matches_loop(name):
   rule = lopt.rules.get(name)
   thetas = jax.vmap(rule.init_meta_params)(jax.random.split(
@@ -74,8 +75,9 @@ def test_vmap_over_particles_matches_loop(name):
   params = _params()
   run = lambda th: _run(rule, th, params)[0]
   batched = jax.jit(jax.vmap(run))(thetas)
+  run_single = jax.jit(run)
   for i in range(3):
-    single = run(jax.tree.map(lambda t: t[i], thetas))
+    single = run_single(jax.tree.map(lambda t: t[i], thetas))
     for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
       np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=1e-7)
 
@@ -138,7 +140,7 @@ def test_zero_output_leaves_params_unchanged(name):
   nets["out"] = jax.tree.map(jnp.zeros_like, nets["out"])
   nets["skip"] = jnp.zeros_like(nets["skip"])
   params = _params()
-  upd, _, new_params = _run(rule, theta, params, steps=3)
+  upd, _, new_params = jax.jit(lambda th, p: _run(rule, th, p))(theta, params)
   for u in jax.tree.leaves(upd):
     assert float(jnp.abs(u).max(initial=0.0)) == 0.0
   for a, b in zip(jax.tree.leaves(new_params), jax.tree.leaves(params)):
