@@ -42,7 +42,9 @@ class Task(abc.ABC):
   """
 
   name: str = "task"
-  #: Typical loss at initialisation / chance level used by normalize_loss.
+  #: Typical loss at initialisation / chance level used by normalize_loss
+  #: (``log(num_classes)`` for classifiers). A Python float, or a scalar
+  #: array when it depends on a (possibly traced) family config.
   loss_scale: float = 1.0
 
   @abc.abstractmethod

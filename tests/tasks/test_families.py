@@ -94,3 +94,26 @@ def test_label_noise_changes_only_train_labels():
   for split in ("valid", "test"):
     np.testing.assert_array_equal(noisy.sample_batch(key, split)["y"],
                                   clean.sample_batch(key, split)["y"])
+
+
+def test_every_family_builds_tasks_from_traced_configs():
+  """Trace-only check (no compile): vmapped init + loss + grad over sampled
+  configs for every family."""
+  for name in tasks.list_families():
+    fam = tasks.get_family(name)
+
+    def init_loss(config, key, fam=fam):
+      task = fam.task(config)
+      params = task.init(key)
+      batch = task.sample_batch(key, "train")
+      loss, grads = jax.value_and_grad(task.loss)(params, batch, key)
+      return task.normalize_loss(loss), grads
+
+    keys = jax.random.split(jax.random.PRNGKey(0), 2)
+    configs = jax.eval_shape(jax.vmap(fam.sample), keys)
+    loss, grads = jax.eval_shape(jax.vmap(init_loss), configs, keys)
+    assert loss.shape == (2,), name
+    params = jax.eval_shape(
+        lambda k, fam=fam: fam.task(fam.default_config()).init(k), keys[0])
+    assert jax.tree.map(lambda g: g.shape[1:], grads) == jax.tree.map(
+        lambda p: p.shape, params), name
