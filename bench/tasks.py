@@ -9,7 +9,7 @@ report meta-training overhead as a ratio to these numbers.
 
 Usage::
 
-    python bench/tasks.py            # every family, 1000 steps x 3 repeats
+    python bench/tasks.py            # every family, 500 steps x 2 repeats
     python bench/tasks.py --quick    # META_TRAIN_FAMILIES, 100 steps x 1
     python bench/tasks.py --tasks digits_mlp,char_lm
 
@@ -90,8 +90,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--tasks", default=None,
                       help="comma-separated family names (default: all)")
   args = parser.parse_args(argv)
-  steps = args.steps or (100 if args.quick else 1000)
-  repeats = args.repeats or (1 if args.quick else 3)
+  steps = args.steps or (100 if args.quick else 500)
+  repeats = args.repeats or (1 if args.quick else 2)
   if args.tasks:
     names = args.tasks.split(",")
   elif args.quick:
