@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Dict, Type
 
 from lopt.meta_train.estimators.base import (EstimatorBase, GradientEstimator,
-                                             antithetic_unroll)
+                                             aggregate, antithetic_unroll)
 from lopt.meta_train.estimators.es_single import ESSingle, ESSingleState
 from lopt.meta_train.estimators.full_es import FullES, FullESState
 from lopt.meta_train.estimators.pes import PES, PESState

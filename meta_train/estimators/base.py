@@ -234,3 +234,23 @@ def es_metrics(c: ESCarry, num_steps: int) -> Dict[str, Array]:
       "nonfinite": jnp.sum(c.nonfinite).astype(jnp.float32),
       "num_particles": jnp.asarray(num, jnp.float32),
   }
+
+
+def aggregate(results: Sequence[Tuple[PyTree, Dict[str, Array]]]
+              ) -> Tuple[PyTree, Dict[str, Array]]:
+  """Combines ``(grad, metrics)`` of several workers (each over its own
+  slice of tasks) into the estimate over all their particles: gradients and
+  the meta-loss are averaged weighted by ``metrics["num_particles"]``; counts
+  (inner steps, resets, non-finite losses, particles) are summed. Equal to a
+  single estimator over the union of the slices up to float rounding."""
+  if not results:
+    raise ValueError("aggregate() needs at least one (grad, metrics) pair.")
+  weights = [jnp.asarray(m["num_particles"], jnp.float32) for _, m in results]
+  total = sum(weights)
+  grad = jax.tree.map(lambda *gs: sum(w * g for w, g in zip(weights, gs))
+                      / total, *[g for g, _ in results])
+  metrics = {k: sum(jnp.asarray(m[k], jnp.float32) for _, m in results)
+             for k in ("inner_steps", "resets", "nonfinite", "num_particles")}
+  metrics["meta_loss"] = sum(w * m["meta_loss"] for w, (_, m) in
+                             zip(weights, results)) / total
+  return grad, metrics

@@ -220,6 +220,10 @@ def test_slices_equal_whole_batch(system):
       avg = sum(float(p[0]["theta"]) * float(p[2]["num_particles"])
                 for p in parts) / 4
       np.testing.assert_allclose(avg, float(g["theta"]), rtol=1e-5)
+      agg, m = E.aggregate([(p[0], p[2]) for p in parts])
+      np.testing.assert_allclose(float(agg["theta"]), float(g["theta"]),
+                                 rtol=1e-5)
+      assert float(m["num_particles"]) == 4.0
 
 
 def test_at_most_one_reset_per_truncation_then_idle():
