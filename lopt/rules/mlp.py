@@ -74,7 +74,7 @@ class LeafState(NamedTuple):
   m: jax.Array        # [3, *shape]   momenta
   v: jax.Array        # [*shape]      RMS accumulator
   row: jax.Array      # [3, *shape[:-1]] (ndim>=2) or [3, *shape] (full)
-  col: jax.Array      # [3, *shape[:-2], shape[-1]] (ndim>=2) or [3, 0]
+  col: Optional[jax.Array]  # [3, *shape[:-2], shape[-1]] (ndim>=2) or None
 
 
 class MLPState(NamedTuple):
@@ -94,7 +94,7 @@ def _init_leaf(p) -> LeafState:
   if _factored(shape):
     return LeafState(z((3,) + shape), z(shape), z((3,) + shape[:-1]),
                      z((3,) + shape[:-2] + shape[-1:]))
-  return LeafState(z((3,) + shape), z(shape), z((3,) + shape), z((3, 0)))
+  return LeafState(z((3,) + shape), z(shape), z((3,) + shape), None)
 
 
 def _strided_sample(g, p, ls: LeafState, stride: int):
@@ -115,7 +115,7 @@ def _strided_sample(g, p, ls: LeafState, stride: int):
     # A 1-D sample is "unfactored": its row accumulator holds vhat itself.
     row_mean = common.safe_mean(ls.row, axis=-1).reshape(3, -1)[:, lead]
     vhat = row * col / (row_mean + 1e-30)
-    sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), vhat, ls.col[:, :0])
+    sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), vhat, None)
     return flat(g), flat(p), sample
   sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), jax.vmap(flat)(ls.row),
                      ls.col)
