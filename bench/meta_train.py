@@ -22,7 +22,8 @@ Progress goes to stderr; the last stdout line is one JSON object::
      "mlp+pes": {...}, "sgd+es_single": {...}, "sgd+pes": {...},
      "mlp_to_sgd_ratio": ..., "procs": N, ...}
 
-``mlp_to_sgd_ratio`` is mlp+es_single over sgd+es_single throughput.
+``mlp_to_sgd_ratio`` is mlp+es_single over sgd+es_single throughput
+(``mlp_to_sgd_cpu_ratio`` the same on CPU-time rates).
 Timings on a shared machine are noisy: the best of ``--repeats`` windows is
 reported. ``inner_steps_per_cpu_s`` (inner steps per CPU-second of the
 processes, single-threaded XLA) is less sensitive to other load on the
@@ -163,6 +164,9 @@ def main(argv=None):
     out["mlp_to_sgd_ratio"] = round(
         out["mlp+es_single"]["inner_steps_per_s"] /
         out["sgd+es_single"]["inner_steps_per_s"], 3)
+    out["mlp_to_sgd_cpu_ratio"] = round(
+        out["mlp+es_single"]["inner_steps_per_cpu_s"] /
+        out["sgd+es_single"]["inner_steps_per_cpu_s"], 3)
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
