@@ -316,12 +316,20 @@ class MetaTrainer:
       if ckpt is not None and int(state.step) not in ckpt.all_steps():
         ckpt.save(int(state.step), state, force=True)
       if out_dir is not None and int(state.step) >= cfg.outer_steps:
+        if not np.isfinite(float(state.best_loss)):
+          # Too short a run for a warm EMA (or no eval): best = final.
+          state = state._replace(
+              best_theta=_copy(state.theta),
+              best_loss=jnp.asarray(
+                  self.summary(state)["meta_loss_ema"] or np.nan,
+                  jnp.float32),
+              best_step=jnp.array(state.step, jnp.int32, copy=True))
         self.export(os.path.join(out_dir, "final.lopt"), state.theta,
                     kind="final", outer_steps=int(state.step))
         self.export(os.path.join(out_dir, "best.lopt"), state.best_theta,
                     kind="best", outer_steps=int(state.step),
                     best_step=int(state.best_step),
-                    best_loss=float(state.best_loss))
+                    best_loss=self.summary(state)["best_loss"])
         _atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(
             self.summary(state), indent=2, sort_keys=True))
     finally:
@@ -384,11 +392,13 @@ class MetaTrainer:
                          **self.provenance(**extra)))
 
   def summary(self, state: TrainState) -> Dict[str, Any]:
+    """JSON-safe run summary (non-finite numbers become None)."""
+    fin = lambda x: float(x) if np.isfinite(float(x)) else None
     return {
         "outer_steps": int(state.step),
-        "meta_loss_ema": float(state.ema_raw / (1 - self.config.ema_decay **
-                                                max(int(state.ema_count), 1))),
-        "best_loss": float(state.best_loss),
+        "meta_loss_ema": fin(state.ema_raw / (1 - self.config.ema_decay **
+                                              max(int(state.ema_count), 1))),
+        "best_loss": fin(state.best_loss),
         "best_step": int(state.best_step),
         "skipped_updates": int(state.skipped),
         "inner_resets": float(state.resets),
