@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Mapping, Optional
+from typing import Mapping
 
 #: Scalar tags written by the trainer (``<group>/<name>``).
 TAGS = (

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from lopt.meta_train import estimators as estimators_lib
-from lopt.meta_train.config import ConfigError, MetaTrainConfig
+from lopt.meta_train.config import MetaTrainConfig
 from lopt.meta_train.inner import InnerTraining, train_curve
 
 PyTree = Any
