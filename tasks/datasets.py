@@ -200,10 +200,19 @@ def stdlib_text(files: Sequence[str] = STDLIB_TEXT_FILES
           "test": _readonly(codes[b:])}
 
 
+def _to_device(a: np.ndarray, dtype=None) -> jax.Array:
+  """A concrete device array even when first requested while tracing (a
+  task built inside ``jit`` / ``eval_shape``): arrays created under a trace
+  would otherwise be tied to it (jax then hoists them as extra arguments of
+  later compiled programs)."""
+  with jax.ensure_compile_time_eval():
+    return jnp.asarray(a, dtype)
+
+
 @functools.lru_cache(maxsize=None)
 def _device(name: str) -> Mapping[str, Mapping[str, jnp.ndarray]]:
   ds = load(name)
-  return {s: {k: jnp.asarray(v) for k, v in ds.splits[s].items()}
+  return {s: {k: _to_device(v) for k, v in ds.splits[s].items()}
           for s in SPLITS}
 
 
@@ -218,7 +227,7 @@ def device(dataset: Union[str, Dataset]
     return _device(dataset)
   entry = _DEVICE_BY_ID.get(id(dataset))
   if entry is None or entry[0] is not dataset:
-    arrays = {s: {k: jnp.asarray(v) for k, v in dataset.splits[s].items()}
+    arrays = {s: {k: _to_device(v) for k, v in dataset.splits[s].items()}
               for s in SPLITS}
     entry = _DEVICE_BY_ID[id(dataset)] = (dataset, arrays)
   return entry[1]
@@ -251,5 +260,5 @@ def sample(key: jnp.ndarray, dataset: Dataset,
 def device_text(files: Sequence[str] = STDLIB_TEXT_FILES
                 ) -> Mapping[str, jnp.ndarray]:
   """Device-resident int32 character codes ``{split: [n]}`` (memoised)."""
-  return {s: jnp.asarray(v, jnp.int32)
+  return {s: _to_device(v, jnp.int32)
           for s, v in stdlib_text(tuple(files)).items()}

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Optional
 
+import jax
+
 from lopt.tasks import image_files, mup
 from lopt.tasks.base import Task, TaskFamily
 from lopt.tasks.conv import ConvClassifier, ConvClassifierFamily
@@ -79,7 +81,8 @@ def get_family(name: str) -> TaskFamily:
   if name not in _FAMILIES:
     raise _unknown("family", name, list_families())
   if name not in _FAMILY_CACHE:
-    _FAMILY_CACHE[name] = _FAMILIES[name]()
+    with jax.ensure_compile_time_eval():  # concrete even if called in a trace
+      _FAMILY_CACHE[name] = _FAMILIES[name]()
   return _FAMILY_CACHE[name]
 
 
@@ -91,7 +94,10 @@ def get(name: str, data_dir: Optional[str] = None) -> Task:
   if name not in _TASKS:
     raise _unknown("task", name, list_tasks(include_file_tasks=True))
   if name not in _TASK_CACHE:
-    _TASK_CACHE[name] = _TASKS[name]()
+    # Memoised tasks must hold concrete arrays even when first requested
+    # inside jit / vmap / eval_shape.
+    with jax.ensure_compile_time_eval():
+      _TASK_CACHE[name] = _TASKS[name]()
   return _TASK_CACHE[name]
 
 

@@ -171,3 +171,21 @@ def test_bad_inputs_raise_clear_errors():
     tasks.MLPClassifier("digits", activation="swishy")
   with pytest.raises(ValueError, match="parametrization"):
     tasks.MLPClassifierFamily("digits", parametrization="ntk")
+
+
+def test_tasks_first_built_inside_a_trace_hold_concrete_arrays(monkeypatch):
+  """get() / dataset device arrays first requested under eval_shape must not
+  tie the memoised task to that trace (later compiled calls still work)."""
+  from lopt.tasks import datasets, registry
+
+  names = ("quadratic", "iris_mlp")
+  for n in names:
+    monkeypatch.delitem(registry._TASK_CACHE, n, raising=False)
+  datasets._device.cache_clear()
+  jax.eval_shape(lambda k: [tasks.get(n).init(k) for n in names],
+                 jax.random.PRNGKey(0))
+  for n in names:
+    task = tasks.get(n)
+    run = jax.jit(lambda k, t=task: t.loss(t.init(k), t.sample_batch(k), k))
+    compiled = run.lower(jax.random.PRNGKey(0)).compile()
+    assert np.isfinite(float(compiled(jax.random.PRNGKey(0))))
