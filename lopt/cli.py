@@ -13,7 +13,66 @@ from typing import Optional, Sequence
 _COMMANDS = {
     "meta-train": ("lopt.meta_train.cli", "Meta-train a learned optimizer."),
     "eval": ("lopt.eval.cli", "Evaluate optimizers on held-out tasks."),
+    "quickstart": ("lopt.cli", "Short meta-training run, export, then "
+                   "evaluation against Adam on a held-out task."),
 }
+
+#: The main job: a short real meta-training run on the default family.
+QUICKSTART_META_TRAIN = (
+    "rule=mlp", "task_family=digits_mlp", "estimator=es_single",
+    "num_tasks=8", "trunc_length=50", "horizon_min=100", "horizon_max=1000",
+    "outer_steps=300", "learning_rate=0.003", "warmup_steps=20",
+    "schedule=cosine", "log_every=10", "checkpoint_every=100",
+    "eval_every=100", "eval_tasks=4", "eval_steps=300")
+QUICKSTART_EVAL_TASK = "wine_mlp"
+
+
+def quickstart(argv: Sequence[str]) -> int:
+  """``lopt quickstart [--out DIR] [--outer-steps N] [--set k=v ...]``."""
+  import argparse
+  import os
+
+  ap = argparse.ArgumentParser(
+      prog="lopt quickstart",
+      description="Meta-train the per-parameter MLP rule on the digits MLP "
+      "family for a few minutes, export it, and evaluate it against Adam "
+      f"(lr 1e-3 and a tuned learning-rate sweep) on the held-out task "
+      f"{QUICKSTART_EVAL_TASK!r}.")
+  ap.add_argument("--out", default="runs/quickstart")
+  ap.add_argument("--outer-steps", type=int, default=None)
+  ap.add_argument("--eval-steps", type=int, default=1000)
+  ap.add_argument("--task", default=QUICKSTART_EVAL_TASK,
+                  help="held-out task to evaluate on")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                  help="extra meta-training config overrides")
+  args = ap.parse_args(list(argv))
+  os.environ.setdefault(
+      "XLA_FLAGS",
+      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  from lopt.eval import cli as eval_cli
+  from lopt.meta_train import cli as mt_cli
+
+  sets = list(QUICKSTART_META_TRAIN)
+  if args.outer_steps is not None:
+    sets.append(f"outer_steps={args.outer_steps}")
+  sets += args.set
+  train_dir = os.path.join(args.out, "meta_train")
+  print(f"[1/2] meta-training -> {train_dir} (TensorBoard: tensorboard "
+        f"--logdir {train_dir}/tb)", flush=True)
+  mt_argv = ["--out", train_dir]
+  for s in sets:
+    mt_argv += ["--set", s]
+  rc = mt_cli.main(mt_argv)
+  if rc:
+    return rc
+  learned = os.path.join(train_dir, "best.lopt")
+  report = os.path.join(args.out, "eval")
+  print(f"[2/2] evaluating {learned} against Adam on {args.task} -> "
+        f"{report}", flush=True)
+  return eval_cli.main(["--optimizer", learned, "--optimizer",
+                        "adam:lr=1e-3", "--tasks", args.task,
+                        "--steps", str(args.eval_steps), "--seeds", "3",
+                        "--baseline-sweep", "adam", "--out", report])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -32,6 +91,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lopt: unknown command {cmd!r}; expected one of "
           f"{', '.join(_COMMANDS)}.", file=sys.stderr)
     return 2
+  if cmd == "quickstart":
+    try:
+      return quickstart(argv[1:])
+    except ImportError as e:
+      print(f"lopt quickstart: needs the training extras ({e}). Install "
+            "them with `pip install 'lopt[train]'`.", file=sys.stderr)
+      return 2
   try:
     module = importlib.import_module(_COMMANDS[cmd][0])
   except ImportError as e:
