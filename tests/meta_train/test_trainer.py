@@ -200,7 +200,8 @@ def test_cli_errors_before_work(tmp_path, capsys):
 def test_cli_run_and_resume(tmp_path, capsys):
   cfg = tmp_path / "cfg.yaml"
   cfg.write_text(
-      "rule: sgd\nnum_tasks: 2\ntrunc_length: 4\nhorizon_min: 6\n"
+      "rule: sgd\nnum_tasks: 2\ntrunc_length: 4\n"
+      "horizon_min: 6\n"
       "horizon_max: 12\nlog_every: 1\ncheckpoint_every: 2\n")
   out = tmp_path / "run"
   argv = ["--config", str(cfg), "--out", str(out), "--no-progress"]
