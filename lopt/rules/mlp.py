@@ -17,7 +17,9 @@ the parameter p and float32 accumulators (decays ``b_k``)::
 
 features x = [g, p, m_1..3, sqrt(v), rsqrt(v), g rsqrt(v), m_1..3 rsqrt(v),
 vhat_1..3, rsqrt(vhat_1..3), g rsqrt(vhat_1..3), m_1..3 rsqrt(vhat_1..3)]
-(with ``rsqrt(x) = 1/sqrt(x + eps)``), each divided by its RMS over the tensor
+(with ``rsqrt(x) = 1/sqrt(x + eps)``, ``sqrt(v)`` computed as
+``v rsqrt(v)``, and for factored tensors ``rsqrt(vhat_k)`` as the product
+of row and column factors ``rsqrt(r_k) rsqrt(c_k) sqrt(mean(r_k))``), each divided by its RMS over the tensor
 (``x_f / sqrt(mean(x_f^2) + eps)``; for tensors above ``norm_sample`` elements
 the mean runs over a fixed evenly strided subset of that size), and time
 features
@@ -97,29 +99,52 @@ def _init_leaf(p) -> LeafState:
   return LeafState(z((3,) + shape), z(shape), z((3,) + shape), None)
 
 
-def _strided_sample(g, p, ls: LeafState, stride: int):
-  """Every ``stride``-th element (row-major) of g, p and the accumulators,
-  as 1-D arrays, with the factored moments expanded at those positions."""
+def _second_moments(ls: LeafState, shape) -> tuple:
+  """Adafactor second-moment estimates ``vhat_k`` and ``rsqrt(vhat_k)``,
+  broadcastable to ``shape``.
+
+  Factored (ndim >= 2): ``vhat_k = r_k c_k^T / mean(r_k)`` and
+  ``rsqrt(vhat_k) := rsqrt(r_k + eps) rsqrt(c_k + eps) sqrt(mean(r_k) + eps)``
+  -- products of per-row and per-column factors, so no per-element
+  square root is needed and nothing of size [3, *shape] is materialised.
+  Unfactored: the full accumulator ``v_k`` and ``rsqrt(v_k + eps)``.
+  """
+  if not _factored(shape):
+    return ([ls.row[k] for k in range(3)],
+            [jax.lax.rsqrt(ls.row[k] + _EPS) for k in range(3)])
+  vhat, rs = [], []
+  for k in range(3):
+    r, c = ls.row[k], ls.col[k]
+    mean_r = common.safe_mean(r, axis=-1, keepdims=True)
+    vhat.append(r[..., :, None] * (c / (mean_r + 1e-30))[..., None, :])
+    rs.append(jax.lax.rsqrt(r + _EPS)[..., :, None] *
+              (jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[..., None, :])
+  return vhat, rs
+
+
+def _features_from(g, p, m, v, vhat, rs_vhat) -> list:
+  """The 23 per-parameter features (order of ``FEATURE_NAMES``)."""
+  rsqrt_v = jax.lax.rsqrt(v + _EPS)
+  feats = [g, p, m[0], m[1], m[2], v * rsqrt_v, rsqrt_v, g * rsqrt_v,
+           m[0] * rsqrt_v, m[1] * rsqrt_v, m[2] * rsqrt_v]
+  feats += list(vhat)
+  feats += list(rs_vhat)
+  feats += [g * rs_vhat[k] for k in range(3)]
+  feats += [m[k] * rs_vhat[k] for k in range(3)]
+  return feats
+
+
+def _strided_sample(g, p, ls: LeafState, stride: int) -> list:
+  """The features at every ``stride``-th element (row-major), as 1-D
+  arrays, computed exactly as :func:`_features_from` computes them for the
+  whole tensor."""
   flat = lambda x: x.reshape(-1)[::stride]
-  n = g.size
-  idx = jnp.arange(0, n, stride)
-  if _factored(g.shape):
-    cols = g.shape[-1]
-    rows_total = n // cols
-    r_i = idx // cols            # index into the flattened leading dims
-    c_i = idx % cols
-    inner_rows = g.shape[-2]
-    lead = r_i // inner_rows     # index into dims before the last two
-    row = ls.row.reshape(3, rows_total)[:, r_i]
-    col = ls.col.reshape(3, -1, cols)[:, lead, c_i]
-    # A 1-D sample is "unfactored": its row accumulator holds vhat itself.
-    row_mean = common.safe_mean(ls.row, axis=-1).reshape(3, -1)[:, lead]
-    vhat = row * col / (row_mean + 1e-30)
-    sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), vhat, None)
-    return flat(g), flat(p), sample
-  sample = LeafState(jax.vmap(flat)(ls.m), flat(ls.v), jax.vmap(flat)(ls.row),
-                     ls.col)
-  return flat(g), flat(p), sample
+  vhat, rs = _second_moments(ls, g.shape)
+  shape = g.shape
+  vhat = [flat(jnp.broadcast_to(x, shape)) for x in vhat]
+  rs = [flat(jnp.broadcast_to(x, shape)) for x in rs]
+  return _features_from(flat(g), flat(p), [flat(ls.m[k]) for k in range(3)],
+                        flat(ls.v), vhat, rs)
 
 
 def _bcast(d: jax.Array, ndim: int) -> jax.Array:
@@ -229,22 +254,8 @@ class PerParamMLP:
     return LeafState(m, v, row, col)
 
   def _features(self, g, p, ls: LeafState) -> list:
-    rsqrt_v = jax.lax.rsqrt(ls.v + _EPS)
-    if _factored(g.shape):
-      row_mean = common.safe_mean(ls.row, axis=-1, keepdims=True)
-      vhat = (ls.row[..., :, None] * ls.col[..., None, :] /
-              (row_mean[..., None] + 1e-30))
-    else:
-      vhat = ls.row
-    feats = [g, p, ls.m[0], ls.m[1], ls.m[2], jnp.sqrt(ls.v), rsqrt_v,
-             g * rsqrt_v, ls.m[0] * rsqrt_v, ls.m[1] * rsqrt_v,
-             ls.m[2] * rsqrt_v]
-    rs_vhat = [jax.lax.rsqrt(vhat[k] + _EPS) for k in range(3)]
-    feats += [vhat[k] for k in range(3)]
-    feats += rs_vhat
-    feats += [g * rs_vhat[k] for k in range(3)]
-    feats += [ls.m[k] * rs_vhat[k] for k in range(3)]
-    return feats
+    vhat, rs_vhat = _second_moments(ls, g.shape)
+    return _features_from(g, p, ls.m, ls.v, vhat, rs_vhat)
 
   def leaf_prepare(self, g, p, ls: LeafState):
     """Updates one tensor's accumulators; returns ``(ls, feats, inv)`` with
@@ -267,11 +278,7 @@ class PerParamMLP:
     """
     n = g.size
     stride = max(1, -(-n // self.norm_sample))
-    if stride == 1:
-      sub = feats
-    else:
-      g_s, p_s, ls_s = _strided_sample(g, p, ls, stride)
-      sub = self._features(g_s, p_s, ls_s)
+    sub = feats if stride == 1 else _strided_sample(g, p, ls, stride)
     return jnp.stack([jax.lax.rsqrt(jnp.mean(jnp.square(f)) + _NORM_EPS)
                       for f in sub])
 
