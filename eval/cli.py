@@ -52,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
                  "baseline, e.g. adam 1e-4:1e-1)")
   p.add_argument("--eval-every", type=int, default=None,
                  help="validation interval in steps (default ~steps/20)")
+  p.add_argument("--valid-batches", type=int, default=2,
+                 help="validation batches averaged at each evaluation point")
+  p.add_argument("--test-batches", type=int, default=0,
+                 help="test batches evaluated after the last step (0: none)")
   p.add_argument("--window", type=int, default=None,
                  help="smoothing window in steps (default 5%% of steps)")
   p.add_argument("--cache-dir", default=None,
@@ -62,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
   p.add_argument("--tensorboard", action="store_true",
                  help="also write TensorBoard curves to OUT/tb")
+  p.add_argument("--workers", type=int, default=None,
+                 help="units compiled/executed concurrently (default: "
+                 "min(2, cores))")
   p.add_argument("--quiet", "-q", action="store_true",
                  help="no progress bar")
   return p
@@ -112,10 +119,10 @@ class _Progress:
                           console=Console(stderr=True), transient=False)
       self.bar.start()
       self.tid = self.bar.add_task("starting", total=info["total"])
-    elif event == "begin" and self.bar is not None:
-      self.bar.update(self.tid, description=f"{info['task']}: {info['what']}")
     elif event == "done" and self.bar is not None:
-      self.bar.advance(self.tid)
+      src = " (cached)" if info.get("from_cache") else ""
+      self.bar.update(self.tid, advance=1,
+                      description=f"{info['task']}: {info['what']}{src}")
 
   def close(self):
     if self.bar is not None:
@@ -150,7 +157,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.optimizer, args.tasks, num_steps=args.steps, seeds=seeds,
         baseline_sweep=sweep, lrs=lrs, num_lrs=args.num_lrs,
         eval_every=args.eval_every, window=args.window, cache_dir=cache_dir,
-        callback=progress)
+        num_valid_batches=args.valid_batches,
+        num_test_batches=args.test_batches,
+        callback=progress, workers=args.workers)
     progress.close()
     paths = report.write_all(record, out, plots=not args.no_plots,
                              tensorboard=args.tensorboard)

@@ -31,9 +31,9 @@ from lopt.eval import tuning
 
 RECORD_FORMAT = "lopt.eval/1"
 
-#: Progress callback: ``(event, info)``; events are ``"start"`` (info has
-#: ``total`` units of work), ``"begin"`` (a unit starts: ``task``, ``what``)
-#: and ``"done"`` (a unit finished: ``task``, ``what``, ``from_cache``).
+#: Progress callback ``(event, info)``, called from the calling thread:
+#: ``"start"`` (info: ``total`` units of work) then one ``"done"`` per unit
+#: (info: ``task``, ``what``, ``from_cache``) in completion order.
 Callback = Callable[[str, Dict[str, Any]], None]
 
 
@@ -147,46 +147,61 @@ def _run_record(res: runner.RunResult, window: int, **extra) -> Dict:
   }
 
 
-def default_compile_workers() -> int:
-  """Background compile threads: one per spare core, at most 2."""
-  return max(0, min(2, (os.cpu_count() or 1) - 1))
+def default_workers() -> int:
+  """Units processed concurrently: one per core, at most 2."""
+  return max(1, min(2, os.cpu_count() or 1))
 
 
-def _execute_units(units, cb: Callback, compile_workers: int):
-  """Runs the units in order; returns ``[(RunResult, from_cache)]``.
+def _execute_units(units, cb: Callback, workers: int):
+  """Runs the units; returns ``[(RunResult, from_cache)]`` in unit order.
 
-  Cache hits are read first. Programs are compiled by ``compile_workers``
-  background threads (XLA releases the GIL while compiling and executing),
-  so the next program compiles while the current one executes; with 0
-  workers everything happens in this thread. Execution (and its timing)
-  always happens here, one program at a time.
+  Cache hits are read first. The remaining units are compiled and executed
+  by ``workers`` threads (XLA releases the GIL while compiling and running,
+  so with single-threaded XLA two workers keep two cores busy: one unit can
+  compile while another executes). Each program's ``wall_s`` times its own
+  execution; with several workers other programs may run on other cores at
+  the same time. Numbers do not depend on ``workers``.
   """
-  cached = [job.lookup() if job is not None else None
-            for (_, _, _, job, _) in units]
-  pool = (concurrent.futures.ThreadPoolExecutor(
-      compile_workers, thread_name_prefix="lopt-eval-compile")
-          if compile_workers > 0 else None)
-  try:
-    futures = [None if hit is not None or pool is None else
-               pool.submit(prep) for hit, (*_, prep) in zip(cached, units)]
-    out = []
-    for (tname, kind, spec, job, prep), hit, fut in zip(units, cached,
-                                                       futures):
-      what = f"{spec.name} sweep" if kind == "sweep" else spec.label
-      cb("begin", {"task": tname, "what": what})
-      if hit is not None:
-        out.append((hit, True))
-      else:
-        prepared = fut.result() if fut is not None else prep()
-        res = prepared.execute()
-        if job is not None:
-          job.store(res)
-        out.append((res, False))
-      cb("done", {"task": tname, "what": what, "from_cache": hit is not None})
+  out: List[Any] = [None] * len(units)
+
+  def work(i):
+    *_, job, prep = units[i]
+    res = prep().execute()
+    if job is not None:
+      job.store(res)
+    return res
+
+  def done(i, from_cache):
+    tname, kind, spec, *_ = units[i]
+    what = f"{spec.name} sweep" if kind == "sweep" else spec.label
+    cb("done", {"task": tname, "what": what, "from_cache": from_cache})
+
+  todo = []
+  for i, (_, _, _, job, _) in enumerate(units):
+    hit = job.lookup() if job is not None else None
+    if hit is not None:
+      out[i] = (hit, True)
+      done(i, True)
+    else:
+      todo.append(i)
+  if workers <= 1:
+    for i in todo:
+      out[i] = (work(i), False)
+      done(i, False)
     return out
-  finally:
-    if pool is not None:
-      pool.shutdown(wait=True, cancel_futures=True)
+  with concurrent.futures.ThreadPoolExecutor(
+      workers, thread_name_prefix="lopt-eval") as pool:
+    futures = {pool.submit(work, i): i for i in todo}
+    try:
+      for fut in concurrent.futures.as_completed(futures):
+        i = futures[fut]
+        out[i] = (fut.result(), False)
+        done(i, False)
+    except BaseException:
+      for f in futures:
+        f.cancel()
+      raise
+  return out
 
 
 def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
@@ -197,7 +212,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
              window: Optional[int] = None, cache_dir: Optional[str] = None,
              num_valid_batches: int = 2, num_test_batches: int = 0,
              callback: Optional[Callback] = None,
-             compile_workers: Optional[int] = None) -> Dict[str, Any]:
+             workers: Optional[int] = None) -> Dict[str, Any]:
   """Evaluates ``optimizers`` on ``tasks`` against tuned baselines.
 
   Args:
@@ -214,8 +229,9 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
     window: smoothing window in steps (default 5 % of ``num_steps``).
     cache_dir: where baseline runs are cached (``None``: no cache).
     callback: progress callback, see :data:`Callback`.
-    compile_workers: background compile threads (default
-      :func:`default_compile_workers`); 0 compiles inline.
+    workers: units (a sweep or a run on one task) compiled and executed
+      concurrently (default :func:`default_workers`); 1 runs everything in
+      this thread.
 
   Returns:
     The record: ``{"format", "created", "config", "tasks": {name: {...}},
@@ -234,6 +250,9 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   eval_every = eval_every or runner.default_eval_every(num_steps)
   runner.eval_schedule(num_steps, eval_every)
   window = window or metrics_lib.default_window(num_steps)
+  if num_valid_batches < 1 or num_test_batches < 0:
+    raise ValueError(f"Need num_valid_batches >= 1 and num_test_batches >= 0, "
+                     f"got {num_valid_batches} and {num_test_batches}.")
   if not optimizers and not baseline_sweep:
     raise ValueError("Nothing to evaluate: give at least one optimizer or a "
                      "baseline sweep.")
@@ -250,8 +269,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   if len(set(names)) != len(names):
     raise ValueError(f"Each baseline can be swept once, got {names}.")
   task_objs = resolve_tasks(tasks)
-  if compile_workers is None:
-    compile_workers = default_compile_workers()
+  workers = default_workers() if workers is None else int(workers)
 
   total = len(task_objs) * (len(sweeps) + len(parsed))
   cb = callback or (lambda event, info: None)
@@ -278,7 +296,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
                                  num_steps, seeds, **common)
         units.append((tname, "run", spec, None, prep))
 
-  results = _execute_units(units, cb, compile_workers)
+  results = _execute_units(units, cb, workers)
 
   task_records: Dict[str, Any] = {}
   for task in task_objs:

@@ -30,7 +30,7 @@ def registry(monkeypatch, Quad, logistic):
 def _evaluate(tasks, tmp_path, **kw):
   args = dict(num_steps=40, seeds=2, baseline_sweep=["adam"],
               lrs={"adam": [1e-3, 1e-2, 1e-1]}, cache_dir=str(tmp_path / "c"),
-              compile_workers=1)
+              workers=2)
   args.update(kw)
   return suite.evaluate(["sgdm:lr=0.05"], tasks, **args)
 
