@@ -46,6 +46,12 @@ class MetaTrainConfig:
     (orbax); eval_every (0: off), eval_tasks, eval_steps (a fixed evaluation
     of theta on fresh tasks of the family; picks the "best" theta -- without
     it the best theta is the one with the lowest EMA meta-loss); ema_decay.
+  Distribution (Ray; used only with ``lopt meta-train --ray`` /
+  ``--ray-address``, see :mod:`lopt.meta_train.distributed`):
+    workers (0: one per cluster CPU, at most num_tasks), cpus_per_worker,
+    ray_mode (``sync``: same result as one process / ``async``),
+    max_staleness (async: drop estimates for a theta older than this many
+    updates).
   """
 
   rule: str = "mlp"
@@ -82,6 +88,11 @@ class MetaTrainConfig:
   eval_tasks: int = 4
   eval_steps: int = 200
   ema_decay: float = 0.95
+
+  workers: int = 0
+  cpus_per_worker: float = 1.0
+  ray_mode: str = "sync"
+  max_staleness: int = 1
 
   # -- construction ---------------------------------------------------------
 
@@ -145,7 +156,8 @@ class MetaTrainConfig:
       if getattr(self, name) < 1:
         problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
     for name in ("warmup_steps", "checkpoint_every", "eval_every",
-                 "loss_clip", "tbptt_clip", "clip_norm"):
+                 "loss_clip", "tbptt_clip", "clip_norm", "workers",
+                 "max_staleness"):
       if getattr(self, name) < 0:
         problems.append(f"{name} must be >= 0 (got {getattr(self, name)})")
     if self.horizon_min > self.horizon_max:
@@ -165,6 +177,15 @@ class MetaTrainConfig:
     if self.schedule not in SCHEDULES:
       problems.append(f"schedule must be one of {SCHEDULES} (got "
                       f"{self.schedule!r})")
+    if self.workers > self.num_tasks:
+      problems.append(f"workers ({self.workers}) > num_tasks "
+                      f"({self.num_tasks}): every worker needs a task")
+    if not self.cpus_per_worker > 0:
+      problems.append(f"cpus_per_worker must be > 0 (got "
+                      f"{self.cpus_per_worker})")
+    if self.ray_mode not in ("sync", "async"):
+      problems.append(f"ray_mode must be 'sync' or 'async' (got "
+                      f"{self.ray_mode!r})")
     if self.meta_loss not in ("train", "valid"):
       problems.append(f"meta_loss must be 'train' or 'valid' (got "
                       f"{self.meta_loss!r})")

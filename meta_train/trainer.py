@@ -278,6 +278,12 @@ class MetaTrainer:
       logger = MetricsLogger(os.path.join(out_dir, "tb"))
       ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"),
                           keep=cfg.keep_checkpoints)
+    if ckpt is not None and not resume and ckpt.latest_step() is not None:
+      ckpt.close()
+      logger.close()
+      raise FileExistsError(
+          f"{out_dir} already holds checkpoints (latest step "
+          f"{ckpt.latest_step()}); resume it or use a new output directory.")
     state = self.init_state()
     if resume:
       if ckpt is None:

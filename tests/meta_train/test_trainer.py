@@ -212,6 +212,9 @@ def test_cli_run_and_resume(tmp_path, capsys):
   assert summary["outer_steps"] == 4
   assert lopt.read(out / "final.lopt").header["provenance"]["outer_steps"] == 4
   assert sorted(os.listdir(out / "checkpoints")) == ["2", "4"]
+  # A fresh run into a directory with checkpoints is refused.
+  assert cli.main(argv + ["--set", "outer_steps=2"]) == 2
+  assert "--resume" in capsys.readouterr().err
   # Resuming with a different shape-relevant config is refused.
   rc = cli.main(["--out", str(out), "--resume", "--set", "num_tasks=3"])
   assert rc == 2 and "differs" in capsys.readouterr().err

@@ -1,0 +1,218 @@
+"""Distributed meta-training on a local Ray (loopback only).
+
+One Ray instance for the module (started by a fixture); the last test shuts
+it down and checks that a run which starts its own Ray and fails leaves no
+Ray behind. Tiny problems (learnable SGD on the quadratic family) keep the
+compile times small.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import psutil
+import pytest
+
+import lopt
+from lopt.meta_train import cli
+from lopt.meta_train import distributed as D
+from lopt.meta_train.checkpoint import Checkpointer
+from lopt.meta_train.config import ConfigError, MetaTrainConfig
+from lopt.meta_train.logging import read_scalars
+from lopt.meta_train.trainer import MetaTrainer
+
+TINY = dict(rule="sgd", task_family="quadratic", num_tasks=4, trunc_length=5,
+            horizon_min=6, horizon_max=20, outer_steps=4, log_every=1,
+            checkpoint_every=0)
+SETS = [f"{k}={v}" for k, v in TINY.items()]
+
+
+def _cfg(**kw):
+  d = dict(TINY)
+  d.update(kw)
+  return MetaTrainConfig(**d)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _ray_processes():
+  """Ray daemons / workers that are descendants of this process."""
+  names = ("raylet", "gcs_server", "ray::", "default_worker", "plasma",
+           "dashboard", "log_monitor", "monitor.py", "runtime_env")
+  out = []
+  for p in psutil.Process().children(recursive=True):
+    try:
+      text = " ".join([p.name()] + p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+      continue
+    if any(n in text for n in names):
+      out.append(p)
+  return out
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+  ray = pytest.importorskip("ray")
+  os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+  ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+           logging_level=logging.WARNING)
+  try:
+    yield ray
+  finally:
+    ray.shutdown()
+
+
+# -- pure pieces (no Ray) ------------------------------------------------------
+
+
+def test_staleness_book_and_layout():
+  book = D.StalenessBook(max_staleness=1)
+  # learner version, estimate version -> accepted?
+  for current, version, ok in [(0, 0, True), (3, 2, True), (3, 1, False),
+                               (5, 5, True), (5, 0, False)]:
+    assert book.offer(current, version) == (ok, current - version)
+  assert (book.accepted, book.dropped, book.staleness_max) == (3, 2, 1)
+  zero = D.StalenessBook(max_staleness=0)
+  assert zero.offer(4, 4) == (True, 0) and zero.offer(4, 3) == (False, 1)
+  with pytest.raises(ValueError, match="newer"):
+    zero.offer(1, 2)
+
+  assert D.split_tasks(5, 2) == [[0, 1, 2], [3, 4]]
+  with pytest.raises(ConfigError, match="every worker needs a task"):
+    D.split_tasks(2, 3)
+  # The workers' states concatenate to the whole-batch state (any estimator
+  # layout: [P] bookkeeping, [2, P, ...] antithetic inner states).
+  trainer = MetaTrainer(_cfg(estimator="pes", num_particles=2))
+  whole = trainer.init_state().worker_state
+  parts = [MetaTrainer(_cfg(estimator="pes", num_particles=2),
+                       task_indices=s).init_state().worker_state
+           for s in D.split_tasks(4, 2)]
+  axes = D.particle_axes(whole, parts[0])
+  assert 1 in jax.tree.leaves(axes) and 0 in jax.tree.leaves(axes)
+  merged = D.merge_states(jax.device_get(parts), axes)
+  for a, b in zip(_leaves(whole), _leaves(merged)):
+    np.testing.assert_array_equal(a, b)
+  back = D.split_state(merged, [4, 4], axes)
+  for p, q in zip(parts, back):
+    for a, b in zip(_leaves(p), _leaves(q)):
+      np.testing.assert_array_equal(a, b)
+
+  with pytest.raises(ConfigError, match="mode"):
+    D.RayOptions(mode="fast").validate()
+
+
+def test_cli_without_ray_flags_never_imports_ray(tmp_path):
+  code = ("import sys; from lopt.meta_train import cli, distributed; "
+          "rc = cli.main(['--print-config']); "
+          "assert 'ray' not in sys.modules, 'ray imported'; "
+          "rc2 = cli.main(['--workers', '2', '--out', 'x']); "
+          "sys.exit(10 * rc + rc2)")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                     text=True, timeout=120)
+  assert r.returncode == 2, r.stderr      # --workers without --ray: error
+  assert "need --ray or --ray-address" in r.stderr
+
+
+# -- on Ray --------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_sync_ray_equals_single_process(ray_local, tmp_path, capsys):
+  """2 workers x 2 tasks, synchronous: the same theta (and inner problems)
+  as one process over the 4 tasks; same files and TensorBoard, plus dist/*;
+  the checkpoint is the single-process layout."""
+  single = MetaTrainer(_cfg()).run(None, progress=False)
+  out = tmp_path / "ray"
+  argv = ["--out", str(out), "--no-progress", "--ray", "--workers", "2",
+          "--ray-timeout", "120"] + sum([["--set", s] for s in SETS], [])
+  assert cli.main(argv) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["outer_steps"] == 4
+  assert summary["distributed"]["workers"] == 2
+  assert summary["distributed"]["lost_estimates"] == 0
+  theta = lopt.read(out / "final.lopt").theta
+  for a, b in zip(_leaves(single.state.theta), _leaves(theta)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  ckpt = Checkpointer(out / "checkpoints")
+  try:
+    restored = ckpt.restore(single.state)
+  finally:
+    ckpt.close()
+  for a, b in zip(_leaves(single.state.worker_state),
+                  _leaves(restored.worker_state)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  scalars = read_scalars(out / "tb")
+  for tag in ("meta/loss", "dist/worker0/inner_steps_per_s",
+              "dist/worker1/inner_steps_per_s", "dist/lost_estimates"):
+    assert len(scalars[tag]) == 4, tag
+  assert all(v > 0 for _, v in scalars["dist/worker1/inner_steps_per_s"])
+
+
+@pytest.mark.ray
+def test_killed_worker_is_restarted(ray_local, caplog):
+  trainer = D.RayMetaTrainer(_cfg(outer_steps=6),
+                             D.RayOptions(workers=2, timeout_s=120))
+
+  def kill(n, row, state):
+    if n == 2:
+      ray_local.kill(trainer.actors[1], no_restart=False)
+
+  with caplog.at_level(logging.WARNING, logger=D.__name__):
+    res = trainer.run(None, progress=False, callback=kill)
+  assert int(res.state.step) == 6
+  assert all(np.all(np.isfinite(x)) for x in _leaves(res.state.theta))
+  restarts = sum(r["dist/worker_restarts"] for r in res.history)
+  assert restarts >= 1 and trainer.totals["worker_restarts"] >= 1
+  assert "worker 1 restarted" in caplog.text
+  assert res.history[-1]["dist/workers"] == 2.0
+
+
+@pytest.mark.ray
+def test_async_drops_stale_estimates(ray_local):
+  """Bound 0: an estimate is used only for the theta it was computed for.
+  With two workers, each update leaves the other worker's in-flight estimate
+  one version behind, so it is dropped (counted) when it returns (during
+  the run, or when the learner drains the workers at the end)."""
+  cfg = _cfg(outer_steps=6, ray_mode="async", max_staleness=0)
+  trainer = D.RayMetaTrainer(cfg, D.RayOptions.from_config(
+      cfg, workers=2, timeout_s=120))
+  res = trainer.run(None, progress=False)
+  assert int(res.state.step) == 6
+  assert all(np.all(np.isfinite(x)) for x in _leaves(res.state.theta))
+  assert max(r["dist/staleness_max"] for r in res.history) == 0.0
+  dropped = trainer.totals["dropped_stale"]
+  assert dropped == sum(r["dist/dropped_stale"] for r in res.history)
+  assert dropped >= 1 and trainer._book.dropped == dropped
+  assert trainer._book.accepted >= 2 * 6
+
+
+@pytest.mark.ray
+def test_ray_is_shut_down_after_an_error(ray_local):
+  """A run that starts its own Ray and fails: Ray is shut down and no Ray
+  process of that session remains. (Runs last: stops the module's Ray.)"""
+  ray_local.shutdown()
+  deadline = time.time() + 30
+  while _ray_processes() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not _ray_processes()
+
+  def boom(n, row, state):
+    raise KeyError("boom at step %d" % n)
+
+  trainer = D.RayMetaTrainer(
+      _cfg(), D.RayOptions(workers=2, num_cpus=2, timeout_s=120))
+  with pytest.raises(KeyError, match="boom"):
+    trainer.run(None, progress=False, callback=boom)
+  assert not ray_local.is_initialized()
+  assert trainer.actors == []
+  deadline = time.time() + 30
+  while _ray_processes() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not _ray_processes(), [p.cmdline() for p in _ray_processes()]
