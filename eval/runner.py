@@ -193,8 +193,7 @@ def _seed_keys(seeds: Sequence[int]) -> jax.Array:
 @dataclasses.dataclass
 class Prepared:
   """A compiled, not yet executed batch of runs (:func:`prepare_run`,
-  :func:`prepare_sweep`). Compiling ahead lets a caller compile the next
-  program on one core while this one executes on another."""
+  :func:`prepare_sweep`). ``compile_s`` includes tracing and lowering."""
 
   compiled: Any
   args: Tuple[Any, ...]
@@ -217,23 +216,60 @@ class Prepared:
         num_runs=self.num_runs)
 
 
-def _compile(fn, args, eval_steps, num_runs) -> Prepared:
+@dataclasses.dataclass
+class Staged:
+  """A traced and lowered, not yet compiled, batch of runs. Lowering is
+  Python work (holds the GIL); :meth:`compile` is XLA work (releases it)."""
+
+  lowered: Any
+  args: Tuple[Any, ...]
+  eval_steps: np.ndarray
+  num_runs: int
+  lower_s: float
+
+  def flops(self) -> float:
+    """XLA's static FLOP estimate (loop bodies counted once); a relative
+    cost used to schedule big programs first. 0 if unavailable."""
+    try:
+      ca = self.lowered.cost_analysis()
+      if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+      return float((ca or {}).get("flops", 0.0))
+    except Exception:  # pylint: disable=broad-except
+      return 0.0
+
+  def compile(self) -> Prepared:
+    t0 = time.perf_counter()
+    compiled = self.lowered.compile()
+    return Prepared(compiled, self.args, self.eval_steps,
+                    self.lower_s + time.perf_counter() - t0, self.num_runs)
+
+
+def _lower(fn, args, eval_steps, num_runs) -> Staged:
   t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  return Prepared(compiled, tuple(args), eval_steps,
-                  time.perf_counter() - t0, num_runs)
+  lowered = jax.jit(fn).lower(*args)
+  return Staged(lowered, tuple(args), eval_steps, num_runs,
+                time.perf_counter() - t0)
 
 
 def prepare_run(task, optimizer: Any, num_steps: int, seeds: Sequence[int],
                 eval_every: Optional[int] = None, num_valid_batches: int = 2,
                 num_test_batches: int = 0) -> Prepared:
   """Compiles :func:`run`'s program (see there for the arguments)."""
+  return lower_run(task, optimizer, num_steps, seeds, eval_every,
+                   num_valid_batches, num_test_batches).compile()
+
+
+def lower_run(task, optimizer: Any, num_steps: int, seeds: Sequence[int],
+              eval_every: Optional[int] = None, num_valid_batches: int = 2,
+              num_test_batches: int = 0) -> Staged:
+  """Traces and lowers :func:`run`'s program."""
   eval_every = eval_every or default_eval_every(num_steps)
   make_opt = optimizer_factory(optimizer, task, num_steps)
   fn = make_run_fn(task, lambda hp: make_opt({}), num_steps, eval_every,
                    num_valid_batches, num_test_batches)
   keys = _seed_keys(seeds)
-  return _compile(jax.vmap(lambda k: fn(k, None)), (keys,),
+  return _lower(jax.vmap(lambda k: fn(k, None)), (keys,),
                   eval_schedule(num_steps, eval_every), len(keys))
 
 
@@ -267,6 +303,17 @@ def prepare_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
                   eval_every: Optional[int] = None, num_valid_batches: int = 2,
                   num_test_batches: int = 0) -> Prepared:
   """Compiles :func:`run_sweep`'s program (see there for the arguments)."""
+  return lower_sweep(task, baseline, lrs, num_steps, seeds, hparams,
+                     eval_every, num_valid_batches,
+                     num_test_batches).compile()
+
+
+def lower_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
+                seeds: Sequence[int],
+                hparams: Optional[Mapping[str, float]] = None,
+                eval_every: Optional[int] = None, num_valid_batches: int = 2,
+                num_test_batches: int = 0) -> Staged:
+  """Traces and lowers :func:`run_sweep`'s program."""
   if baseline not in specs_lib.BASELINES:
     raise ValueError(f"Unknown baseline {baseline!r}; known: "
                      f"{', '.join(specs_lib.BASELINES)}.")
@@ -285,7 +332,7 @@ def prepare_sweep(task, baseline: str, lrs: Sequence[float], num_steps: int,
   keys = _seed_keys(seeds)
   over_seeds = jax.vmap(fn, in_axes=(0, None))
   over_lrs = jax.vmap(over_seeds, in_axes=(None, 0))
-  return _compile(over_lrs, (keys, jnp.asarray(lrs, jnp.float32)),
+  return _lower(over_lrs, (keys, jnp.asarray(lrs, jnp.float32)),
                   eval_schedule(num_steps, eval_every), len(keys) * len(lrs))
 
 

@@ -19,6 +19,8 @@ import datetime
 import functools
 import math
 import os
+import queue
+import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import jax
@@ -155,21 +157,16 @@ def default_workers() -> int:
 def _execute_units(units, cb: Callback, workers: int):
   """Runs the units; returns ``[(RunResult, from_cache)]`` in unit order.
 
-  Cache hits are read first. The remaining units are compiled and executed
-  by ``workers`` threads (XLA releases the GIL while compiling and running,
-  so with single-threaded XLA two workers keep two cores busy: one unit can
-  compile while another executes). Each program's ``wall_s`` times its own
-  execution; with several workers other programs may run on other cores at
-  the same time. Numbers do not depend on ``workers``.
+  Cache hits are read first. This thread then traces and lowers the other
+  units one by one (Python work) and queues them by XLA's FLOP estimate,
+  biggest first; ``workers`` threads take the biggest queued unit, compile
+  and execute it (XLA work, which releases the GIL: with single-threaded
+  XLA two workers keep two cores busy). Biggest-first keeps one long program
+  from starting last. Each program's ``wall_s`` times its own execution;
+  with several workers another program may run on the other core at the
+  same time. Numbers do not depend on ``workers`` or on the order.
   """
   out: List[Any] = [None] * len(units)
-
-  def work(i):
-    *_, job, prep = units[i]
-    res = prep().execute()
-    if job is not None:
-      job.store(res)
-    return res
 
   def done(i, from_cache):
     tname, kind, spec, *_ = units[i]
@@ -184,23 +181,71 @@ def _execute_units(units, cb: Callback, workers: int):
       done(i, True)
     else:
       todo.append(i)
-  if workers <= 1:
+
+  def finish(i, staged):
+    res = staged.compile().execute()
+    job = units[i][3]
+    if job is not None:
+      job.store(res)
+    return res
+
+  if workers <= 1 or len(todo) <= 1:
     for i in todo:
-      out[i] = (work(i), False)
+      out[i] = (finish(i, units[i][4]()), False)
       done(i, False)
     return out
-  with concurrent.futures.ThreadPoolExecutor(
-      workers, thread_name_prefix="lopt-eval") as pool:
-    futures = {pool.submit(work, i): i for i in todo}
-    try:
-      for fut in concurrent.futures.as_completed(futures):
-        i = futures[fut]
-        out[i] = (fut.result(), False)
-        done(i, False)
-    except BaseException:
-      for f in futures:
-        f.cancel()
-      raise
+
+  ready: "queue.PriorityQueue" = queue.PriorityQueue()
+  finished: "queue.Queue" = queue.Queue()
+  stop = float("inf")
+
+  def worker():
+    while True:
+      prio, i, staged = ready.get()
+      if prio == stop:
+        return
+      try:
+        finished.put((i, finish(i, staged), None))
+      except BaseException as e:  # pylint: disable=broad-except
+        finished.put((i, None, e))
+
+  threads = [threading.Thread(target=worker, name=f"lopt-eval-{k}",
+                              daemon=True) for k in range(workers)]
+  for th in threads:
+    th.start()
+  pending = len(todo)
+
+  def drain(block: bool):
+    nonlocal pending
+    while pending:
+      try:
+        i, res, err = finished.get(block=block)
+      except queue.Empty:
+        return
+      pending -= 1
+      if err is not None:
+        raise err
+      out[i] = (res, False)
+      done(i, False)
+
+  try:
+    for i in todo:
+      staged = units[i][4]()
+      ready.put((-staged.flops(), i, staged))
+      drain(block=False)
+    drain(block=True)
+  finally:
+    # Workers stop after the queue drains (or, on error, after the unit they
+    # are running); queued work is dropped.
+    while True:
+      try:
+        ready.get_nowait()
+      except queue.Empty:
+        break
+    for k in range(workers):
+      ready.put((stop, len(units) + k, None))
+    for th in threads:
+      th.join()
   return out
 
 
@@ -278,21 +323,21 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
                 num_test_batches=num_test_batches)
 
   # Work units in execution order: per task, the sweeps then the optimizers.
-  # A unit is a cacheable Job (baselines) or a bare prepare() (learned).
+  # A unit is a cacheable Job (baselines) or a bare lower() (learned).
   units = []
   for task in task_objs:
     tname = getattr(task, "name", type(task).__name__)
     for spec, grid in sweeps:
       job = tuning.sweep_job(task, spec.text, num_steps, seeds, lrs=grid,
                              cache_dir=cache_dir, **common)
-      units.append((tname, "sweep", spec, job, job.prepare))
+      units.append((tname, "sweep", spec, job, job.lower))
     for spec, resolved in parsed:
       if spec.kind == "baseline":
         job = tuning.baseline_job(task, spec, num_steps, seeds,
                                   cache_dir=cache_dir, **common)
-        units.append((tname, "run", spec, job, job.prepare))
+        units.append((tname, "run", spec, job, job.lower))
       else:
-        prep = functools.partial(runner.prepare_run, task, resolved,
+        prep = functools.partial(runner.lower_run, task, resolved,
                                  num_steps, seeds, **common)
         units.append((tname, "run", spec, None, prep))
 

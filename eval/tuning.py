@@ -81,20 +81,20 @@ def select_best(sweep_train_loss: np.ndarray, window: Optional[int] = None
 @dataclasses.dataclass
 class Job:
   """A unit of work whose result may be cached: look it up, or compile
-  (``prepare``) and execute it, then ``store`` it.
+  (``lower().compile()``) and execute it, then ``store`` it.
 
   Attributes:
     task: the task.
     label: short name used in the cache file name.
     fields: everything that determines the numbers (hashed into the key).
-    prepare: compiles the program (:class:`lopt.eval.runner.Prepared`).
+    lower: traces and lowers the program (:class:`lopt.eval.runner.Staged`).
     cache_dir: cache directory or ``None``.
   """
 
   task: Any
   label: str
   fields: Dict[str, Any]
-  prepare: Callable[[], runner.Prepared]
+  lower: Callable[[], runner.Staged]
   cache_dir: Optional[str] = None
   path: Optional[str] = None
   _fp: Optional[Dict[str, Any]] = None
@@ -121,7 +121,7 @@ class Job:
     hit = self.lookup()
     if hit is not None:
       return hit, True
-    res = self.prepare().execute()
+    res = self.lower().compile().execute()
     self.store(res)
     return res, False
 
@@ -153,7 +153,7 @@ def sweep_job(task, baseline: str = "adam", num_steps: int = 1000,
             "num_valid_batches": num_valid_batches,
             "num_test_batches": num_test_batches}
   return Job(task, f"sweep-{spec.name}", fields,
-             lambda: runner.prepare_sweep(
+             lambda: runner.lower_sweep(
                  task, spec.name, lrs, num_steps, seeds, hp, eval_every,
                  num_valid_batches, num_test_batches), cache_dir)
 
@@ -208,7 +208,7 @@ def baseline_job(task, spec: specs_lib.OptimizerSpec, num_steps: int,
             "num_valid_batches": num_valid_batches,
             "num_test_batches": num_test_batches}
   return Job(task, spec.name, fields,
-             lambda: runner.prepare_run(task, spec, num_steps, seeds,
+             lambda: runner.lower_run(task, spec, num_steps, seeds,
                                         eval_every, num_valid_batches,
                                         num_test_batches), cache_dir)
 

@@ -59,7 +59,7 @@ def test_cache_hit_skips_work_and_gives_identical_numbers(Quad, tmp_path,
   def boom(*a, **k):
     raise AssertionError("cache hit must not run the sweep")
 
-  monkeypatch.setattr(runner, "prepare_sweep", boom)
+  monkeypatch.setattr(runner, "lower_sweep", boom)
   again = tuning.tune(task, "adam", **kw)
   assert again.from_cache and again.cache_path == first.cache_path
   np.testing.assert_array_equal(again.sweep.train_loss, first.sweep.train_loss)
