@@ -350,7 +350,7 @@ def ray_connection(address: Optional[str] = None,
 
 def _worker_env() -> Dict[str, str]:
   return {k: v for k, v in os.environ.items()
-          if k.startswith("JAX_") and k != "JAX_COMPILATION_CACHE_DIR"}
+          if k.startswith("JAX_")}
 
 
 # ---------------------------------------------------------------------------

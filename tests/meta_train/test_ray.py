@@ -1,9 +1,9 @@
 """Distributed meta-training on a local Ray (loopback only).
 
-One Ray instance for the module (started by a fixture); the last test shuts
-it down and checks that a run which starts its own Ray and fails leaves no
-Ray behind. Tiny problems (learnable SGD on the quadratic family) keep the
-compile times small.
+One Ray instance for the module (started by a fixture after the first Ray
+test, which checks that a run starting its own Ray and failing leaves no Ray
+behind). Tiny problems (learnable SGD on the quadratic family) and a shared
+persistent compilation cache keep the compile times small.
 """
 
 import json
@@ -21,8 +21,10 @@ import pytest
 import lopt
 from lopt.meta_train import cli
 from lopt.meta_train import distributed as D
+from lopt.meta_train import estimators as E
 from lopt.meta_train.checkpoint import Checkpointer
 from lopt.meta_train.config import ConfigError, MetaTrainConfig
+from lopt.meta_train.influence import InfluenceBalancing
 from lopt.meta_train.logging import read_scalars
 from lopt.meta_train.trainer import MetaTrainer
 
@@ -58,15 +60,28 @@ def _ray_processes():
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
+  """A local Ray for the module; the workers (which get the driver's JAX_*
+  variables) share a persistent compilation cache, so only the first run
+  and no restart compiles from scratch."""
   ray = pytest.importorskip("ray")
-  os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+  env = {"RAY_AUTH_MODE": "disabled",
+         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  saved = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
   ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
            logging_level=logging.WARNING)
   try:
     yield ray
   finally:
     ray.shutdown()
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
 
 
 # -- pure pieces (no Ray) ------------------------------------------------------
@@ -89,10 +104,11 @@ def test_staleness_book_and_layout():
     D.split_tasks(2, 3)
   # The workers' states concatenate to the whole-batch state (any estimator
   # layout: [P] bookkeeping, [2, P, ...] antithetic inner states).
-  trainer = MetaTrainer(_cfg(estimator="pes", num_particles=2))
-  whole = trainer.init_state().worker_state
-  parts = [MetaTrainer(_cfg(estimator="pes", num_particles=2),
-                       task_indices=s).init_state().worker_state
+  system = InfluenceBalancing(horizon=23)
+  theta, key = system.init_meta_params(None), jax.random.PRNGKey(3)
+  kw = dict(num_tasks=4, num_particles=2, trunc_length=5)
+  whole = E.get("pes", system, **kw).init(theta, key)
+  parts = [E.get("pes", system, task_indices=s, **kw).init(theta, key)
            for s in D.split_tasks(4, 2)]
   axes = D.particle_axes(whole, parts[0])
   assert 1 in jax.tree.leaves(axes) and 0 in jax.tree.leaves(axes)
@@ -121,6 +137,26 @@ def test_cli_without_ray_flags_never_imports_ray(tmp_path):
 
 
 # -- on Ray --------------------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_ray_is_shut_down_after_an_error():
+  """A run that starts its own Ray and fails (here: the worker actors do not
+  answer within the timeout) raises a clear error, shuts Ray down and leaves
+  no Ray process behind. Runs before the module's Ray is started."""
+  ray = pytest.importorskip("ray")
+  assert not ray.is_initialized()
+  trainer = D.RayMetaTrainer(
+      _cfg(), D.RayOptions(workers=2, num_cpus=2, timeout_s=0.05))
+  with pytest.raises(D.DistributedTimeout,
+                     match="start the worker actors.*--ray-timeout"):
+    trainer.run(None, progress=False)
+  assert not ray.is_initialized()
+  assert trainer.actors == []
+  deadline = time.time() + 30
+  while _ray_processes() and time.time() < deadline:
+    time.sleep(0.5)
+  assert not _ray_processes(), [p.cmdline() for p in _ray_processes()]
 
 
 @pytest.mark.ray
@@ -191,28 +227,3 @@ def test_async_drops_stale_estimates(ray_local):
   assert dropped == sum(r["dist/dropped_stale"] for r in res.history)
   assert dropped >= 1 and trainer._book.dropped == dropped
   assert trainer._book.accepted >= 2 * 6
-
-
-@pytest.mark.ray
-def test_ray_is_shut_down_after_an_error(ray_local):
-  """A run that starts its own Ray and fails: Ray is shut down and no Ray
-  process of that session remains. (Runs last: stops the module's Ray.)"""
-  ray_local.shutdown()
-  deadline = time.time() + 30
-  while _ray_processes() and time.time() < deadline:
-    time.sleep(0.5)
-  assert not _ray_processes()
-
-  def boom(n, row, state):
-    raise KeyError("boom at step %d" % n)
-
-  trainer = D.RayMetaTrainer(
-      _cfg(), D.RayOptions(workers=2, num_cpus=2, timeout_s=120))
-  with pytest.raises(KeyError, match="boom"):
-    trainer.run(None, progress=False, callback=boom)
-  assert not ray_local.is_initialized()
-  assert trainer.actors == []
-  deadline = time.time() + 30
-  while _ray_processes() and time.time() < deadline:
-    time.sleep(0.5)
-  assert not _ray_processes(), [p.cmdline() for p in _ray_processes()]
