@@ -14,7 +14,6 @@ of :mod:`lopt.eval.report`.
 
 from __future__ import annotations
 
-import concurrent.futures
 import datetime
 import functools
 import math
