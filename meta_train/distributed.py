@@ -510,6 +510,9 @@ class RayMetaTrainer(MetaTrainer):
                         for w in self._alive], "gather the worker states")
     got = dict(zip(self._alive, states))
     if len(got) < len(self.actors):
+      if previous is None:
+        raise DistributedError("Ray: a worker was lost for good before its "
+                               "inner problems were initialised.")
       old = split_state(jax.device_get(previous), self._sizes, self._axes)
       got = {w: got.get(w, old[w]) for w in range(len(self.actors))}
     merged = merge_states([got[w] for w in range(len(self.actors))],

@@ -1,0 +1,159 @@
+"""Distributed meta-training throughput: outer steps per second on Ray.
+
+Configuration (as bench/meta_train.py): the per-parameter MLP rule, ES-Single,
+8 tasks of the digits MLP family (64-32-10 MLP, batch 32), 50-step
+truncations, horizons log-uniform in [100, 1000], one antithetic pair per
+task. Measured:
+
+* ``single_process``: the jitted outer step of :class:`MetaTrainer` in this
+  process (single-threaded XLA);
+* ``ray_1``: :class:`RayMetaTrainer`, synchronous, 1 gradient worker owning
+  the 8 tasks (the learner in this process: ``ray.put`` of theta, remote
+  estimate, particle-weighted aggregate, jitted optax update);
+* ``ray_2``: the same with 2 workers of 4 tasks each (one per core).
+
+``scaling_efficiency = ray_2 / (2 * ray_1)``; ``ray_overhead_1_worker =
+1 - ray_1 / single_process``. Each number is the best of ``--repeats`` windows
+of ``--steps`` outer steps after 2 warm-up steps (compilation). Also printed:
+the workers' own inner steps per second of compute time (less sensitive to
+other load on the machine) and the 1-minute load average at the start.
+
+Usage: ``python bench/ray_scaling.py [--quick]``. Progress goes to stderr;
+the last stdout line is one JSON object::
+
+    {"outer_steps_per_s": {"single_process": ..., "ray_1": ..., "ray_2": ...},
+     "scaling_efficiency": ..., "ray_overhead_1_worker": ..., ...}
+
+Ray runs on loopback only (``127.0.0.1``, no dashboard, token auth off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+SINGLE_THREAD_FLAGS = (
+    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+
+def _parse(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--quick", action="store_true",
+                  help="fewer, shorter windows (under ~90 s on an idle "
+                  "2-core machine)")
+  ap.add_argument("--steps", type=int, default=None,
+                  help="outer steps per timed window (default 20, quick 4)")
+  ap.add_argument("--repeats", type=int, default=None,
+                  help="timed windows per setting (default 3, quick 1)")
+  ap.add_argument("--rule", default="mlp")
+  ap.add_argument("--num-tasks", type=int, default=8)
+  ap.add_argument("--trunc-length", type=int, default=50)
+  ap.add_argument("--timeout", type=float, default=600.0)
+  return ap.parse_args(argv)
+
+
+def _log(msg):
+  print(msg, file=sys.stderr, flush=True)
+
+
+def _config(args):
+  from lopt.meta_train.config import MetaTrainConfig
+  return MetaTrainConfig(
+      rule=args.rule, task_family="digits_mlp", estimator="es_single",
+      num_tasks=args.num_tasks, num_particles=1,
+      trunc_length=args.trunc_length, horizon_min=100, horizon_max=1000,
+      std=0.01, outer_steps=10**6, checkpoint_every=0)
+
+
+def _time(step_fn, state, args):
+  """Best outer steps/s over the windows (after 2 warm-up steps)."""
+  import jax
+  t0 = time.perf_counter()
+  for _ in range(2):
+    state, m = step_fn(state)
+  jax.block_until_ready(state.theta)
+  warm = time.perf_counter() - t0
+  best, ms = 0.0, []
+  for _ in range(args.repeats):
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+      state, m = step_fn(state)
+      ms.append(m)
+    jax.block_until_ready(state.theta)
+    best = max(best, args.steps / (time.perf_counter() - t0))
+  return best, warm, state, ms
+
+
+def _ray_rate(cfg, workers, args):
+  from lopt.meta_train import distributed as D
+  trainer = D.RayMetaTrainer(cfg, D.RayOptions(workers=workers,
+                                                timeout_s=args.timeout))
+  with trainer.session():
+    state = trainer.init_state()
+    rate, warm, state, ms = _time(trainer.step_fn, state, args)
+    per_worker = {}
+    for w in range(workers):
+      secs = sum(float(m.get(f"dist/worker{w}/compute_s", 0.0)) for m in ms)
+      steps = sum(float(m.get(f"dist/worker{w}/inner_steps", 0.0))
+                  for m in ms)
+      per_worker[f"worker{w}"] = round(steps / secs, 1) if secs else None
+  return rate, warm, per_worker
+
+
+def main(argv=None):
+  args = _parse(argv)
+  args.steps = args.steps or (4 if args.quick else 20)
+  args.repeats = args.repeats or (1 if args.quick else 3)
+  os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_FLAGS)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+  t_start = time.time()
+  load = os.getloadavg()[0]
+
+  from lopt.meta_train.trainer import MetaTrainer
+  cfg = _config(args)
+  trainer = MetaTrainer(cfg)
+  state = trainer.init_state()
+  single, warm, _, _ = _time(trainer.step_fn, state, args)
+  _log(f"single process: {single:.2f} outer steps/s (warm-up {warm:.1f} s)")
+  del trainer, state
+
+  import ray
+  ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+           logging_level=logging.WARNING)
+  try:
+    rates, workers_rate = {}, {}
+    for n in (1, 2):
+      rate, warm, per_worker = _ray_rate(cfg, n, args)
+      rates[n], workers_rate[f"ray_{n}"] = rate, per_worker
+      _log(f"ray, {n} worker(s): {rate:.2f} outer steps/s (warm-up "
+           f"{warm:.1f} s); worker inner steps/s of compute: {per_worker}")
+  finally:
+    ray.shutdown()
+
+  out = {
+      "outer_steps_per_s": {"single_process": round(single, 3),
+                            "ray_1": round(rates[1], 3),
+                            "ray_2": round(rates[2], 3)},
+      "scaling_efficiency": round(rates[2] / (2 * rates[1]), 3),
+      "ray_overhead_1_worker": round(1 - rates[1] / single, 3),
+      "worker_inner_steps_per_compute_s": workers_rate,
+      "inner_steps_per_outer_step": 2 * args.num_tasks * args.trunc_length,
+      "config": {"rule": args.rule, "estimator": "es_single",
+                 "task_family": "digits_mlp", "num_tasks": args.num_tasks,
+                 "trunc_length": args.trunc_length, "horizons": [100, 1000],
+                 "steps_per_window": args.steps, "repeats": args.repeats},
+      "load_average_1min_at_start": round(load, 2),
+      "cpu_count": os.cpu_count(),
+      "wall_s": round(time.time() - t_start, 1),
+  }
+  print(json.dumps(out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
