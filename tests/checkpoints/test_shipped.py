@@ -1,0 +1,61 @@
+"""Every learned optimizer shipped in checkpoints/ loads and trains."""
+
+import importlib.resources
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import lopt
+import lopt.tasks
+
+SHIPPED = sorted(
+    pathlib.Path(str(p)) for p in
+    importlib.resources.files("lopt.checkpoints").iterdir()
+    if p.name.endswith(".lopt"))
+
+
+def test_something_is_shipped():
+  assert SHIPPED, "checkpoints/ holds no learned-optimizer file"
+  assert set(lopt.shipped_names()) == {p.stem for p in SHIPPED}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_header_and_model_card(path):
+  loaded = lopt.read(path)
+  h = loaded.header
+  assert h["format_version"] == lopt.io.FORMAT_VERSION
+  assert h["rule"] in lopt.rules.names()
+  prov = h["provenance"]
+  assert prov["config"]["rule"] == h["rule"]
+  assert prov["outer_steps"] > 0
+  card = path.with_suffix(".md")
+  assert card.is_file(), f"missing model card {card.name}"
+  text = card.read_text()
+  assert "lopt meta-train" in text and h["rule"] in text
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_trains_a_heldout_task(path):
+  loaded = lopt.read(path)
+  mup = loaded.rule.name.startswith("mu_")
+  task = lopt.tasks.get("mup_mlp_w256" if mup else "wine_mlp")
+  assert task.name in lopt.tasks.HELDOUT_TASKS
+  opt = lopt.load(path.stem, num_steps=50,
+                  param_meta=task.param_meta if mup else None)
+  params = task.init(jax.random.PRNGKey(0))
+  batch = task.sample_batch(jax.random.PRNGKey(1), "train")
+
+  def step(carry, key):
+    p, s = carry
+    loss, g = jax.value_and_grad(task.loss)(p, batch, key)
+    u, s = opt.update(g, s, p, value=loss)
+    return (optax.apply_updates(p, u), s), loss
+
+  _, losses = jax.jit(lambda p: jax.lax.scan(
+      step, (p, opt.init(p)), jax.random.split(jax.random.PRNGKey(2), 50))
+  )(params)
+  assert bool(jnp.all(jnp.isfinite(losses)))
+  assert float(losses[-5:].mean()) < 0.7 * float(losses[0])
