@@ -14,12 +14,15 @@ task. Measured:
 
 ``scaling_efficiency = ray_2 / (2 * ray_1)``; ``ray_overhead_1_worker =
 1 - ray_1 / single_process``. Each number is the best of ``--repeats`` windows
-of ``--steps`` outer steps after 2 warm-up steps (compilation). Also printed:
-the workers' own inner steps per second of compute time (less sensitive to
-other load on the machine) and the 1-minute load average at the start.
+of ``--steps`` outer steps after 2 warm-up steps (compilation). On a shared
+machine the wall-clock numbers are dominated by other load, so the same is
+also reported from CPU time (``cpu_bound_*``: outer steps per CPU-second of
+the busiest worker, i.e. the rate with a core per worker and free
+communication), with the workers' inner steps per second of compute and the
+1-minute load average at the start.
 
-Usage: ``python bench/ray_scaling.py [--quick]``. Progress goes to stderr;
-the last stdout line is one JSON object::
+Usage: ``python bench/ray_scaling.py [--quick] [--compile-cache DIR]``.
+Progress goes to stderr; the last stdout line is one JSON object::
 
     {"outer_steps_per_s": {"single_process": ..., "ray_1": ..., "ray_2": ...},
      "scaling_efficiency": ..., "ray_overhead_1_worker": ..., ...}
@@ -53,6 +56,9 @@ def _parse(argv=None):
   ap.add_argument("--num-tasks", type=int, default=8)
   ap.add_argument("--trunc-length", type=int, default=50)
   ap.add_argument("--timeout", type=float, default=600.0)
+  ap.add_argument("--compile-cache", metavar="DIR", default=None,
+                  help="persistent XLA compilation cache (this process and "
+                  "the workers): a second run skips most compile time")
   return ap.parse_args(argv)
 
 
@@ -77,15 +83,16 @@ def _time(step_fn, state, args):
     state, m = step_fn(state)
   jax.block_until_ready(state.theta)
   warm = time.perf_counter() - t0
-  best, ms = 0.0, []
+  best, ms, cpu = 0.0, [], 0.0
   for _ in range(args.repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
       state, m = step_fn(state)
       ms.append(m)
     jax.block_until_ready(state.theta)
     best = max(best, args.steps / (time.perf_counter() - t0))
-  return best, warm, state, ms
+    cpu += time.process_time() - c0
+  return best, warm, state, ms, args.steps * args.repeats / max(cpu, 1e-9)
 
 
 def _ray_rate(cfg, workers, args):
@@ -94,14 +101,18 @@ def _ray_rate(cfg, workers, args):
                                                 timeout_s=args.timeout))
   with trainer.session():
     state = trainer.init_state()
-    rate, warm, state, ms = _time(trainer.step_fn, state, args)
-    per_worker = {}
+    rate, warm, state, ms, _ = _time(trainer.step_fn, state, args)
+    per_worker, cpu = {}, []
     for w in range(workers):
+      cpu.append(sum(float(m.get(f"dist/worker{w}/cpu_s", 0.0)) for m in ms))
       secs = sum(float(m.get(f"dist/worker{w}/compute_s", 0.0)) for m in ms)
       steps = sum(float(m.get(f"dist/worker{w}/inner_steps", 0.0))
                   for m in ms)
       per_worker[f"worker{w}"] = round(steps / secs, 1) if secs else None
-  return rate, warm, per_worker
+  # Outer steps per second if every worker had its core to itself: steps
+  # over the busiest worker's CPU time (no learner/communication time).
+  cpu_rate = len(ms) / max(max(cpu), 1e-9)
+  return rate, warm, per_worker, cpu_rate
 
 
 def main(argv=None):
@@ -111,6 +122,10 @@ def main(argv=None):
   os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_FLAGS)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+  if args.compile_cache:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(
+        args.compile_cache)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   t_start = time.time()
   load = os.getloadavg()[0]
 
@@ -118,7 +133,7 @@ def main(argv=None):
   cfg = _config(args)
   trainer = MetaTrainer(cfg)
   state = trainer.init_state()
-  single, warm, _, _ = _time(trainer.step_fn, state, args)
+  single, warm, _, _, single_cpu = _time(trainer.step_fn, state, args)
   _log(f"single process: {single:.2f} outer steps/s (warm-up {warm:.1f} s)")
   del trainer, state
 
@@ -126,9 +141,9 @@ def main(argv=None):
   ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
            logging_level=logging.WARNING)
   try:
-    rates, workers_rate = {}, {}
+    rates, workers_rate, cpu_rates = {}, {}, {}
     for n in (1, 2):
-      rate, warm, per_worker = _ray_rate(cfg, n, args)
+      rate, warm, per_worker, cpu_rates[n] = _ray_rate(cfg, n, args)
       rates[n], workers_rate[f"ray_{n}"] = rate, per_worker
       _log(f"ray, {n} worker(s): {rate:.2f} outer steps/s (warm-up "
            f"{warm:.1f} s); worker inner steps/s of compute: {per_worker}")
@@ -142,6 +157,14 @@ def main(argv=None):
       "scaling_efficiency": round(rates[2] / (2 * rates[1]), 3),
       "ray_overhead_1_worker": round(1 - rates[1] / single, 3),
       "worker_inner_steps_per_compute_s": workers_rate,
+      # The same from CPU time (insensitive to other load on the machine):
+      # single process: steps per CPU second of this process; ray_n: steps
+      # per CPU second of the busiest worker.
+      "cpu_bound_outer_steps_per_s": {
+          "single_process": round(single_cpu, 3),
+          "ray_1": round(cpu_rates[1], 3), "ray_2": round(cpu_rates[2], 3)},
+      "cpu_bound_scaling_efficiency": round(
+          cpu_rates[2] / (2 * cpu_rates[1]), 3),
       "inner_steps_per_outer_step": 2 * args.num_tasks * args.trunc_length,
       "config": {"rule": args.rule, "estimator": "es_single",
                  "task_family": "digits_mlp", "num_tasks": args.num_tasks,

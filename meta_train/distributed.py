@@ -260,8 +260,13 @@ class GradientWorker:
     self._delay = float(delay_s)
     self._trainer = MetaTrainer(cfg, rule=rule, family=family,
                                 task_indices=list(task_indices))
-    self._estimate = jax.jit(self._trainer.estimator.estimate,
-                             donate_argnums=1)
+    root = self._trainer._outer_root
+    estimate = self._trainer.estimator.estimate
+    # The outer-step key is derived inside the jit (one dispatch per call).
+    self._estimate = jax.jit(
+        lambda theta, state, k: estimate(theta, state,
+                                         jax.random.fold_in(root, k)),
+        donate_argnums=1)
     self._state = None
 
   def ping(self) -> Dict[str, Any]:
@@ -284,12 +289,12 @@ class GradientWorker:
 
   def compute(self, theta: PyTree, version: int, key_index: int
               ) -> Dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     reinit = self._state is None
     if reinit:
       self.init_state(theta)
-    key = jax.random.fold_in(self._trainer._outer_root, int(key_index))
-    grad, self._state, metrics = self._estimate(theta, self._state, key)
+    grad, self._state, metrics = self._estimate(
+        theta, self._state, np.int32(key_index))
     grad, metrics = jax.device_get((grad, metrics))
     if self._delay > 0:
       time.sleep(self._delay)
@@ -298,7 +303,8 @@ class GradientWorker:
             "version": int(version), "key_index": int(key_index),
             "worker": self._index, "pid": os.getpid(),
             "reinitialised": reinit,
-            "compute_s": time.perf_counter() - t0}
+            "compute_s": time.perf_counter() - t0,
+            "cpu_s": time.process_time() - c0}
 
 
 # ---------------------------------------------------------------------------
@@ -490,7 +496,7 @@ class RayMetaTrainer(MetaTrainer):
       raise RuntimeError("RayMetaTrainer: no Ray session; call run() or use "
                          "`with trainer.session(): ...`.")
 
-  # -- worker state -------------------------------------------------------------
+  # -- worker state -----------------------------------------------------------
 
   def _init_on_workers(self, theta: PyTree, key) -> PyTree:
     """``init_state``'s worker-state initialisation, done by the workers."""
@@ -533,7 +539,7 @@ class RayMetaTrainer(MetaTrainer):
     self._actors_step = int(state.step)
     log.info("Ray: worker states restored at outer step %d", int(state.step))
 
-  # -- fault handling -------------------------------------------------------------
+  # -- fault handling ---------------------------------------------------------
 
   def _event(self, msg: str) -> None:
     self.events.append(msg)
@@ -573,7 +579,8 @@ class RayMetaTrainer(MetaTrainer):
                     f"max_restarts={self.options.max_restarts}); "
                     f"{len(self._alive)} worker(s) remain")
         if not self._alive:
-          raise DistributedError("Ray: all gradient workers are lost.") from None
+          raise DistributedError(
+              "Ray: all gradient workers are lost.") from None
         return False
 
   def _submit(self, w: int, version: int) -> Optional[Any]:
@@ -611,6 +618,7 @@ class RayMetaTrainer(MetaTrainer):
     m = res["metrics"]
     info[f"dist/worker{w}/inner_steps"] += m["inner_steps"]
     info[f"dist/worker{w}/compute_s"] += res["compute_s"]
+    info[f"dist/worker{w}/cpu_s"] += res["cpu_s"]
     info[f"dist/worker{w}/estimates"] += 1
     return res
 
@@ -646,7 +654,7 @@ class RayMetaTrainer(MetaTrainer):
       else:
         self.totals["discarded_in_flight"] += 1
 
-  # -- one outer step -------------------------------------------------------------
+  # -- one outer step ---------------------------------------------------------
 
   def _publish(self, state: TrainState) -> None:
     step = int(state.step)
@@ -744,7 +752,7 @@ class RayMetaTrainer(MetaTrainer):
                                 # theta at the next step)
     return results
 
-  # -- the loop -----------------------------------------------------------------
+  # -- the loop ---------------------------------------------------------------
 
   def run(self, out_dir: Optional[str] = None, resume: bool = False,
           progress: bool = True, callback=None, until: Optional[int] = None):
