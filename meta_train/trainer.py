@@ -413,10 +413,12 @@ class MetaTrainer:
 
 
 class _Progress:
-  """A rich progress bar on stderr (no-op when disabled)."""
+  """A rich progress bar on stderr; when disabled, one plain log line per
+  logged step (so background runs still show progress in their logs)."""
 
   def __init__(self, enabled: bool, total: int, start: int):
     self._p = None
+    self._total = total
     if not enabled:
       return
     from rich.console import Console
@@ -433,11 +435,14 @@ class _Progress:
                                   info="")
 
   def update(self, n: int, row: Dict[str, float]) -> None:
-    if self._p is None:
-      return
     info = (f"loss {row['meta/loss']:.4f} ema {row['meta/loss_ema']:.4f} "
             f"|g| {row['meta/grad_norm']:.3g} "
             f"{row['inner/steps_per_s']:.0f} inner steps/s")
+    if self._p is None:
+      import sys
+      print(f"meta-train step {n}/{self._total}: {info}", file=sys.stderr,
+            flush=True)
+      return
     self._p.update(self._task, completed=n, info=info)
 
   def close(self) -> None:
