@@ -30,4 +30,5 @@ from lopt.tasks.registry import (DEFAULT_META_TRAIN_FAMILY, FILE_TASKS,
                                  HELDOUT_FAMILIES, HELDOUT_TASKS,
                                  META_TRAIN_FAMILIES, UnknownNameError, get,
                                  get_family, list_families, list_tasks,
-                                 register_family, register_task)
+                                 register_family, register_task,
+                                 WIDTH_TRANSFER_TASKS)

@@ -160,7 +160,21 @@ _BUILTIN_FAMILIES: Dict[str, Callable[[], TaskFamily]] = {
     "mup_mlp_w1024": lambda: mup.mup_mlp_family(1024),
     "mup_transformer_w32": lambda: mup.mup_transformer_family(32),
     "mup_transformer_w128": lambda: mup.mup_transformer_family(128),
+    # Width-transfer study (4x and 16x the width-32 meta-training models),
+    # in muP and in standard parametrisation; not part of either split.
+    "mup_mlp_w128": lambda: mup.mup_mlp_family(128),
+    "mup_mlp_w512": lambda: mup.mup_mlp_family(512),
+    "digits_mlp_2layer_w128": lambda: MLPClassifierFamily(
+        "digits", (128, 128), 32, name="digits_mlp_2layer_w128"),
+    "digits_mlp_2layer_w512": lambda: MLPClassifierFamily(
+        "digits", (512, 512), 32, name="digits_mlp_2layer_w512"),
 }
+
+#: Tasks of the width-transfer study: width 32 (as in meta-training), 128
+#: and 512, standard and muP parametrisation.
+WIDTH_TRANSFER_TASKS: tuple[str, ...] = (
+    "digits_mlp_2layer", "digits_mlp_2layer_w128", "digits_mlp_2layer_w512",
+    "mup_mlp_w32", "mup_mlp_w128", "mup_mlp_w512")
 
 for _name, _factory in _BUILTIN_FAMILIES.items():
   register_family(_name, _factory)
