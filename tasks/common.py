@@ -111,6 +111,22 @@ def log_uniform(key: Array, low: float, high: float) -> Array:
       key, (), jnp.float32, np.log(low), np.log(high)))
 
 
+def sample_scale_activation(key: Array, activations: Sequence[int],
+                            init_scale_range: Sequence[float]) -> dict:
+  """Config of the families that vary init scale (log-uniform in
+  ``init_scale_range``) and activation (uniform over ``activations``)."""
+  k1, k2 = jax.random.split(key)
+  acts = jnp.asarray(activations, jnp.int32)
+  return {"init_scale": log_uniform(k1, *init_scale_range),
+          "activation": acts[jax.random.randint(k2, (), 0, len(acts))]}
+
+
+def default_scale_activation(activations: Sequence[int]) -> dict:
+  """The representative config: init scale 1 and the first activation."""
+  return {"init_scale": jnp.float32(1.0),
+          "activation": jnp.int32(activations[0])}
+
+
 def check_config(config: Any, keys: Iterable[str], family: str) -> None:
   """Raises a clear error when ``config`` is not a mapping with ``keys``."""
   keys = tuple(keys)

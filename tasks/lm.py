@@ -179,14 +179,11 @@ class CharLMFamily(TaskFamily):
     CharTransformerLM(**self.kwargs)  # validate args early
 
   def sample(self, key: Array) -> PyTree:
-    k1, k2 = jax.random.split(key)
-    acts = jnp.asarray(self.activations, jnp.int32)
-    return {"init_scale": common.log_uniform(k1, *self.init_scale_range),
-            "activation": acts[jax.random.randint(k2, (), 0, len(acts))]}
+    return common.sample_scale_activation(key, self.activations,
+                                          self.init_scale_range)
 
   def default_config(self) -> PyTree:
-    return {"init_scale": jnp.float32(1.0),
-            "activation": jnp.int32(self.activations[0])}
+    return common.default_scale_activation(self.activations)
 
   def task(self, config: PyTree) -> CharTransformerLM:
     common.check_config(config, self._KEYS, self.name)
