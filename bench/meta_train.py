@@ -61,6 +61,9 @@ def _parse(argv=None):
                   "mlp+pes,sgd+es_single,sgd+pes)")
   ap.add_argument("--threads", type=int, default=1,
                   help="1 = single-threaded XLA (default, fastest here)")
+  ap.add_argument("--no-pin", dest="pin", action="store_false",
+                  help="do not pin process i to core i (pinning is the "
+                  "default: see lopt.meta_train.cpu)")
   return ap.parse_args(argv)
 
 
@@ -70,6 +73,9 @@ def _log(msg):
 
 def _worker(rank, procs, combos, args, barrier, queue):
   """Measures every combo on this process's slice of the tasks."""
+  if args.pin:
+    from lopt.meta_train.cpu import pin_to_cpu
+    pin_to_cpu(rank)
   import jax
   import numpy as np
   from lopt.meta_train.config import MetaTrainConfig
@@ -172,7 +178,7 @@ def main(argv=None):
                    "trunc_length": args.trunc_length,
                    "horizons": [100, 1000], "task_family": "digits_mlp",
                    "outer_steps_per_window": args.steps,
-                   "repeats": args.repeats,
+                   "repeats": args.repeats, "pinned": args.pin,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out["wall_s"] = round(time.time() - t_start, 1)
   print(json.dumps(out))

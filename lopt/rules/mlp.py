@@ -134,17 +134,39 @@ def _features_from(g, p, m, v, vhat, rs_vhat) -> list:
   return feats
 
 
-def _strided_sample(g, p, ls: LeafState, stride: int) -> list:
-  """The features at every ``stride``-th element (row-major), as 1-D
-  arrays, computed exactly as :func:`_features_from` computes them for the
-  whole tensor."""
-  flat = lambda x: x.reshape(-1)[::stride]
-  vhat, rs = _second_moments(ls, g.shape)
+# Every feature is a product a * b of one "a" factor and one "b" factor:
+#   a in [1, rsqrt(v), rsqrt(vhat_1..3), vhat_1..3]     (rows of A)
+#   b in [g, p, m_1..3, v, 1]                           (rows of B)
+# so the mean squares of all 23 features are entries of the small matrix
+# mean(A^2 B^2^T) -- one [8, n] x [n, 7] product (see _feature_inv_rms).
+_A_ONE, _A_RV, _A_RS, _A_VH = 0, 1, 2, 5         # rows of A (RS, VH: 3 each)
+_B_G, _B_P, _B_M, _B_V, _B_ONE = 0, 1, 2, 5, 6   # rows of B (M: 3)
+_FEATURE_FACTORS = (
+    [(_A_ONE, _B_G), (_A_ONE, _B_P)]
+    + [(_A_ONE, _B_M + k) for k in range(3)]
+    + [(_A_RV, _B_V), (_A_RV, _B_ONE), (_A_RV, _B_G)]
+    + [(_A_RV, _B_M + k) for k in range(3)]
+    + [(_A_VH + k, _B_ONE) for k in range(3)]
+    + [(_A_RS + k, _B_ONE) for k in range(3)]
+    + [(_A_RS + k, _B_G) for k in range(3)]
+    + [(_A_RS + k, _B_M + k) for k in range(3)])
+assert len(_FEATURE_FACTORS) == NUM_FEATURES
+
+
+def _factor_rows(g, p, ls: LeafState, stride: int):
+  """The factor arrays ``A`` [8, n'] and ``B`` [7, n'] at every
+  ``stride``-th element (row-major) of the tensor, ``n' = ceil(n / stride)``;
+  ``A[i] * B[j]`` equals the feature with factors ``(i, j)`` exactly as
+  :func:`_features_from` computes it."""
   shape = g.shape
-  vhat = [flat(jnp.broadcast_to(x, shape)) for x in vhat]
-  rs = [flat(jnp.broadcast_to(x, shape)) for x in rs]
-  return _features_from(flat(g), flat(p), [flat(ls.m[k]) for k in range(3)],
-                        flat(ls.v), vhat, rs)
+  flat = lambda x: jnp.broadcast_to(x, shape).reshape(-1)[::stride]
+  vhat, rs = _second_moments(ls, shape)
+  rv = jax.lax.rsqrt(ls.v + _EPS)
+  one = jnp.ones(shape, jnp.float32)
+  a = jnp.stack([flat(x) for x in [one, rv] + list(rs) + list(vhat)])
+  b = jnp.stack([flat(x) for x in [g, p, ls.m[0], ls.m[1], ls.m[2], ls.v,
+                                   one]])
+  return a, b
 
 
 def _bcast(d: jax.Array, ndim: int) -> jax.Array:
@@ -276,15 +298,18 @@ class PerParamMLP:
     smaller tensors). The reductions would otherwise dominate the rule's cost
     (23 passes over the tensor, see README performance section).
     """
+    del feats
     n = g.size
     stride = max(1, -(-n // self.norm_sample))
-    sub = feats if stride == 1 else _strided_sample(g, p, ls, stride)
-    # One [F, n] array and one reduction: per-feature reductions compile to
-    # ~4 tiny kernels each (~90 per tensor), whose launch overhead cost more
-    # than the arithmetic (measured, see README performance section).
-    shape = g.shape if stride == 1 else sub[0].shape
-    stack = jnp.stack([jnp.broadcast_to(f, shape).reshape(-1) for f in sub])
-    return jax.lax.rsqrt(jnp.mean(jnp.square(stack), axis=1) + _NORM_EPS)
+    a, b = _factor_rows(g, p, ls, stride)
+    # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix
+    # product instead of 23 reductions (which compile to ~90 tiny kernels per
+    # tensor whose launch overhead exceeds the arithmetic; README
+    # performance section).
+    ms = jnp.dot(jnp.square(a), jnp.square(b).T,
+                 precision=jax.lax.Precision.HIGHEST) / a.shape[-1]
+    rows, cols = zip(*_FEATURE_FACTORS)
+    return jax.lax.rsqrt(ms[jnp.array(rows), jnp.array(cols)] + _NORM_EPS)
 
   def leaf_apply(self, net, time_feats, feats, inv, log_scale, mu_scale,
                  p) -> jax.Array:

@@ -165,7 +165,8 @@ def test_features_finite_for_zero_grads_and_params(shape):
 @pytest.mark.parametrize("shape", [(40, 30), (5, 6, 7), (3, 3, 4, 8),
                                    (500,)])
 def test_sampled_feature_norm_uses_exact_features(shape):
-  """The strided subsample sees exactly the features at those positions."""
+  """The normaliser is 1/RMS of exactly the features at every stride-th
+  element (and of all elements for small tensors)."""
   rule = lopt.rules.get("mlp", norm_sample=64)
   p = jax.random.normal(jax.random.PRNGKey(1), shape)
   g = jax.random.normal(jax.random.PRNGKey(2), shape)
@@ -173,11 +174,13 @@ def test_sampled_feature_norm_uses_exact_features(shape):
   ls = rule._accumulate(g, ls)
   ls = rule._accumulate(0.5 * g + 1.0, ls)
   feats = rule._features(g, p, ls)
+  assert len(feats) == mlp_lib.NUM_FEATURES
   stride = -(-g.size // 64)
-  sub = mlp_lib._strided_sample(g, p, ls, stride)
-  for full, sample in zip(feats, sub):
-    np.testing.assert_allclose(full.reshape(-1)[::stride], sample,
-                               rtol=1e-5, atol=1e-6)
+  inv = rule._feature_inv_rms(g, p, ls, feats)
+  want = jnp.stack([
+      1 / jnp.sqrt(jnp.mean(jnp.broadcast_to(f, shape).reshape(-1)[::stride]
+                            ** 2) + 1e-12) for f in feats])
+  np.testing.assert_allclose(inv, want, rtol=1e-5)
   # And for small tensors the normaliser is exact.
   exact = lopt.rules.get("mlp", norm_sample=10**6)
   inv = exact._feature_inv_rms(g, p, ls, feats)
