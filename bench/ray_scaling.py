@@ -6,11 +6,12 @@ truncations, horizons log-uniform in [100, 1000], one antithetic pair per
 task. Measured:
 
 * ``single_process``: the jitted outer step of :class:`MetaTrainer` in this
-  process (single-threaded XLA);
+  process (single-threaded XLA, pinned to one core like each worker);
 * ``ray_1``: :class:`RayMetaTrainer`, synchronous, 1 gradient worker owning
   the 8 tasks (the learner in this process: ``ray.put`` of theta, remote
   estimate, particle-weighted aggregate, jitted optax update);
-* ``ray_2``: the same with 2 workers of 4 tasks each (one per core).
+* ``ray_2``: the same with 2 workers of 4 tasks each (worker w pinned to
+  core w, the local-Ray default of :class:`RayOptions`).
 
 ``scaling_efficiency = ray_2 / (2 * ray_1)``; ``ray_overhead_1_worker =
 1 - ray_1 / single_process``. Each number is the best of ``--repeats`` windows
@@ -129,13 +130,19 @@ def main(argv=None):
   t_start = time.time()
   load = os.getloadavg()[0]
 
+  from lopt.meta_train import cpu
   from lopt.meta_train.trainer import MetaTrainer
   cfg = _config(args)
+  all_cpus = cpu.available_cpus()
+  # The single-process path pinned to one core, as each Ray worker is (the
+  # mask is restored before Ray starts: Ray's processes inherit it).
+  pinned = cpu.pin_to_cpu(0) is not None
   trainer = MetaTrainer(cfg)
   state = trainer.init_state()
   single, warm, _, _, single_cpu = _time(trainer.step_fn, state, args)
   _log(f"single process: {single:.2f} outer steps/s (warm-up {warm:.1f} s)")
   del trainer, state
+  cpu.set_affinity(all_cpus)
 
   import ray
   ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
@@ -170,6 +177,7 @@ def main(argv=None):
                  "task_family": "digits_mlp", "num_tasks": args.num_tasks,
                  "trunc_length": args.trunc_length, "horizons": [100, 1000],
                  "steps_per_window": args.steps, "repeats": args.repeats},
+      "pinned": pinned,
       "load_average_1min_at_start": round(load, 2),
       "cpu_count": os.cpu_count(),
       "wall_s": round(time.time() - t_start, 1),

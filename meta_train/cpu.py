@@ -24,6 +24,30 @@ def available_cpus() -> List[int]:
   return list(range(os.cpu_count() or 1))
 
 
+def set_affinity(cpus) -> bool:
+  """Lets every thread of this process run on ``cpus`` (e.g. to undo
+  :func:`pin_to_cpu` with ``available_cpus()`` saved before). Returns False
+  where affinity cannot be set."""
+  if not hasattr(os, "sched_setaffinity"):
+    return False
+  cpus = set(int(c) for c in cpus)
+  try:
+    # sched_setaffinity(0) affects the calling thread only; threads that
+    # already exist (XLA's pool, once the backend is up) are set one by
+    # one, new threads inherit the mask of the thread that starts them.
+    tids = (os.listdir("/proc/self/task")
+            if os.path.isdir("/proc/self/task") else [])
+    os.sched_setaffinity(0, cpus)
+    for tid in tids:
+      try:
+        os.sched_setaffinity(int(tid), cpus)
+      except OSError:       # a thread that ended meanwhile
+        pass
+  except OSError:
+    return False
+  return True
+
+
 def pin_to_cpu(index: int) -> Optional[int]:
   """Pins every thread of this process (and threads it starts later) to
   core ``available_cpus()[index % len(available_cpus())]``.
@@ -35,18 +59,4 @@ def pin_to_cpu(index: int) -> Optional[int]:
     return None
   cpus = available_cpus()
   core = cpus[int(index) % len(cpus)]
-  try:
-    # sched_setaffinity(0) affects the calling thread only; threads that
-    # already exist (XLA's pool, once the backend is up) are pinned one by
-    # one, new threads inherit the mask of the thread that starts them.
-    tids = os.listdir("/proc/self/task") if os.path.isdir(
-        "/proc/self/task") else []
-    os.sched_setaffinity(0, {core})
-    for tid in tids:
-      try:
-        os.sched_setaffinity(int(tid), {core})
-      except OSError:       # a thread that ended meanwhile
-        pass
-  except OSError:
-    return None
-  return core
+  return core if set_affinity({core}) else None

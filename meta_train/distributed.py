@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.meta_train import cpu
 from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train.config import ConfigError, MetaTrainConfig
 from lopt.meta_train.trainer import MetaTrainer, TrainState
@@ -93,6 +94,12 @@ class RayOptions:
     max_redo: times an outer step is redone when no worker returned.
     single_thread_xla: single-threaded XLA in each worker (faster for small
       inner problems; one worker per core).
+    pin_cpus: pin worker ``w`` (all its threads) to core ``w mod cores``
+      (:func:`lopt.meta_train.cpu.pin_to_cpu`); None: pin on a local Ray
+      (``address`` None) whose workers do not outnumber its cores, never on
+      a cluster (where workers cannot tell which cores Ray gave them).
+      XLA's CPU runtime splits large loops over threads even when
+      single-threaded; unpinned, two workers on two cores fight over both.
     worker_delays: test hook: seconds each worker sleeps per estimate.
   """
 
@@ -106,6 +113,7 @@ class RayOptions:
   max_restarts: int = 3
   max_redo: int = 3
   single_thread_xla: bool = True
+  pin_cpus: Optional[bool] = None
   worker_delays: Optional[Sequence[float]] = None
 
   @classmethod
@@ -254,7 +262,10 @@ class GradientWorker:
 
   def __init__(self, config: Dict[str, Any], task_indices: Sequence[int],
                index: int, rule: Any = None, family: Any = None,
-               delay_s: float = 0.0):
+               delay_s: float = 0.0, pin_core: Optional[int] = None):
+    # Pin before any JAX work starts XLA's threads (a restarted actor runs
+    # this again and lands on the same core).
+    self._core = None if pin_core is None else cpu.pin_to_cpu(pin_core)
     cfg = MetaTrainConfig.from_dict(config)
     self._index = int(index)
     self._delay = float(delay_s)
@@ -271,7 +282,7 @@ class GradientWorker:
 
   def ping(self) -> Dict[str, Any]:
     return {"worker": self._index, "pid": os.getpid(),
-            "initialised": self._state is not None}
+            "initialised": self._state is not None, "core": self._core}
 
   def init_state(self, theta: PyTree) -> int:
     """Fresh inner problems (seed key of the run); returns the pid."""
@@ -446,9 +457,13 @@ class RayMetaTrainer(MetaTrainer):
         num_cpus=opts.cpus_per_worker, max_restarts=opts.max_restarts,
         max_task_retries=0, runtime_env={"env_vars": env} if env else None)
     delays = list(opts.worker_delays or [])
+    pin = opts.pin_cpus
+    if pin is None:
+      pin = opts.address is None and workers * opts.cpus_per_worker <= cpus
     self.actors = [
         cls.remote(cfg.to_dict(), s, w, self._rule_arg, self._family_arg,
-                   delays[w] if w < len(delays) else 0.0)
+                   delays[w] if w < len(delays) else 0.0,
+                   w if pin else None)
         for w, s in enumerate(self.slices)]
     self._alive = list(range(workers))
     self._recovering: set = set()
@@ -466,10 +481,13 @@ class RayMetaTrainer(MetaTrainer):
     pings = self._get([a.ping.remote() for a in self.actors],
                       "start the worker actors")
     self._pids = {p["worker"]: p["pid"] for p in pings}
-    log.info("Ray: %d gradient worker(s) x %g CPU, %s mode%s, tasks %s",
+    self.cores = {p["worker"]: p["core"] for p in pings}
+    log.info("Ray: %d gradient worker(s) x %g CPU, %s mode%s, tasks %s%s",
              workers, opts.cpus_per_worker, opts.mode,
              f" (max staleness {opts.max_staleness})"
-             if opts.mode == "async" else "", self.slices)
+             if opts.mode == "async" else "", self.slices,
+             f", pinned to cores {[self.cores[w] for w in range(workers)]}"
+             if pin else "")
     # Layout of the workers' states inside the whole-batch state.
     theta = jax.eval_shape(self.rule.init_meta_params, self._theta_key)
     full = jax.eval_shape(self.estimator.init, theta, self._worker_key)

@@ -204,12 +204,22 @@ def test_killed_worker_is_restarted(ray_local, caplog):
   trainer = D.RayMetaTrainer(_cfg(outer_steps=6),
                              D.RayOptions(workers=2, timeout_s=120))
 
+  masks = {}
+
+  def thread_masks(pid):
+    return {tuple(sorted(os.sched_getaffinity(t.id)))
+            for t in psutil.Process(pid).threads()}
+
   def kill(n, row, state):
+    if n == 1:      # local Ray, 2 workers on 2 cores: each pinned to its own
+      masks.update({w: thread_masks(p) for w, p in trainer._pids.items()})
     if n == 2:
       ray_local.kill(trainer.actors[1], no_restart=False)
 
   with caplog.at_level(logging.WARNING, logger=D.__name__):
     res = trainer.run(None, progress=False, callback=kill)
+  cpus = sorted(os.sched_getaffinity(0))
+  assert masks == {w: {(cpus[w % len(cpus)],)} for w in (0, 1)}
   assert int(res.state.step) == 6
   assert all(np.all(np.isfinite(x)) for x in _leaves(res.state.theta))
   restarts = sum(r["dist/worker_restarts"] for r in res.history)
