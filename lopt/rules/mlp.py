@@ -159,13 +159,20 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
   ``A[i] * B[j]`` equals the feature with factors ``(i, j)`` exactly as
   :func:`_features_from` computes it."""
   shape = g.shape
-  flat = lambda x: jnp.broadcast_to(x, shape).reshape(-1)[::stride]
-  vhat, rs = _second_moments(ls, shape)
+  # All three k at once ([3, *shape] arrays): fewer, larger kernels.
+  if _factored(shape):
+    r, c = ls.row, ls.col
+    mean_r = common.safe_mean(r, axis=-1, keepdims=True)
+    vh = r[..., :, None] * (c / (mean_r + 1e-30))[..., None, :]
+    rs = jax.lax.rsqrt(r + _EPS)[..., :, None] * (
+        jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[..., None, :]
+  else:
+    vh, rs = ls.row, jax.lax.rsqrt(ls.row + _EPS)
   rv = jax.lax.rsqrt(ls.v + _EPS)
-  one = jnp.ones(shape, jnp.float32)
-  a = jnp.stack([flat(x) for x in [one, rv] + list(rs) + list(vhat)])
-  b = jnp.stack([flat(x) for x in [g, p, ls.m[0], ls.m[1], ls.m[2], ls.v,
-                                   one]])
+  one = jnp.ones((1,) + shape, jnp.float32)
+  sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]
+  a = sample(jnp.concatenate([one, rv[None], rs, vh]))
+  b = sample(jnp.concatenate([g[None], p[None], ls.m, ls.v[None], one]))
   return a, b
 
 
