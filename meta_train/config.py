@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 import typing
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import yaml
 
@@ -25,7 +25,10 @@ class MetaTrainConfig:
   What is learned:
     rule: learned-optimizer rule name (``lopt.rules.names()``).
     rule_config: constructor kwargs of the rule.
-    task_family: task family name (``lopt.tasks.list_families()``).
+    task_family: task family name (``lopt.tasks.list_families()``), or
+      several separated by commas (a YAML list also works): a mixture, one
+      batch of ``num_tasks`` tasks per family every outer step
+      (:class:`lopt.meta_train.estimators.Mixture`).
   Gradient estimation (see :mod:`lopt.meta_train.estimators`):
     estimator: ``es_single``, ``pes``, ``truncated_es``, ``full_es``,
       ``tbptt``.
@@ -105,6 +108,8 @@ class MetaTrainConfig:
       raise ConfigError(f"Unknown config field(s) {unknown}; known fields: "
                         f"{', '.join(sorted(known))}.")
     hints = typing.get_type_hints(cls)
+    if isinstance(d.get("task_family"), (list, tuple)):     # YAML list
+      d["task_family"] = ",".join(str(x) for x in d["task_family"])
     kwargs = {k: _coerce(k, v, hints[k]) for k, v in d.items()}
     return cls(**kwargs)
 
@@ -143,6 +148,11 @@ class MetaTrainConfig:
 
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
+
+  @property
+  def family_names(self) -> List[str]:
+    """The task families (one, or the members of a mixture)."""
+    return [n.strip() for n in self.task_family.split(",") if n.strip()]
 
   # -- validation -----------------------------------------------------------
 
@@ -204,9 +214,13 @@ class MetaTrainConfig:
       except (ValueError, TypeError) as e:
         problems.append(f"bad rule_config for {self.rule!r}: {e}")
     import lopt.tasks
-    if self.task_family not in lopt.tasks.list_families():
-      problems.append(f"unknown task family {self.task_family!r} (known: "
-                      f"{', '.join(lopt.tasks.list_families())})")
+    names = self.family_names
+    unknown = [n for n in names if n not in lopt.tasks.list_families()]
+    if not names or unknown:
+      problems.append(f"unknown task family {', '.join(unknown) or repr('')}"
+                      f" (known: {', '.join(lopt.tasks.list_families())})")
+    elif len(set(names)) != len(names):
+      problems.append(f"task family listed twice in {self.task_family!r}")
     if problems:
       raise ConfigError("Invalid meta-training config: " +
                         "; ".join(problems) + ".")

@@ -137,12 +137,19 @@ class MetaTrainer:
     self.config = config
     self.rule = rule if rule is not None else lopt.rules.get(
         config.rule, **config.rule_config)
-    self.family = family if family is not None else lopt.tasks.get_family(
-        config.task_family)
-    self.system = InnerTraining(
-        self.rule, self.family, config.horizon_min, config.horizon_max,
-        meta_loss=config.meta_loss, log_loss=config.log_loss,
-        loss_clip=config.loss_clip)
+    if family is not None:
+      self.families = [family]
+      names = [getattr(family, "name", "family")]
+    else:
+      names = config.family_names
+      self.families = [lopt.tasks.get_family(n) for n in names]
+    self.family = self.families[0]
+    self.systems = [
+        InnerTraining(self.rule, fam, config.horizon_min, config.horizon_max,
+                      meta_loss=config.meta_loss, log_loss=config.log_loss,
+                      loss_clip=config.loss_clip)
+        for fam in self.families]
+    self.system = self.systems[0]
     kwargs = dict(num_tasks=config.num_tasks,
                   trunc_length=config.trunc_length,
                   num_particles=config.num_particles, std=config.std,
@@ -152,8 +159,12 @@ class MetaTrainer:
       kwargs["clip"] = config.tbptt_clip
     if config.estimator == "full_es":
       kwargs.pop("random_offsets")
-    self.estimator = estimators_lib.get(config.estimator, self.system,
-                                        **kwargs)
+    members = [estimators_lib.get(config.estimator, system, **kwargs)
+               for system in self.systems]
+    # Several families: one estimator each, combined per outer step.
+    self.estimator = (members[0] if len(members) == 1 else
+                      estimators_lib.Mixture(tuple(members), tuple(names),
+                                             task_indices=task_indices))
     self.optimizer, self.schedule = build_optimizer(config)
     base = jax.random.PRNGKey(config.seed)
     self._theta_key = jax.random.fold_in(base, 0)
@@ -237,18 +248,22 @@ class MetaTrainer:
 
   def evaluate_theta(self, theta: PyTree) -> Array:
     """Mean normalised training loss of ``eval_tasks`` fixed fresh tasks of
-    the family trained ``eval_steps`` steps with theta (deterministic)."""
+    the family (of each family, then averaged over families) trained
+    ``eval_steps`` steps with theta (deterministic)."""
     cfg = self.config
     keys = jax.random.split(self._eval_key, cfg.eval_tasks)
+    per_family = []
+    for fam in self.families:
 
-    def one(key):
-      k_cfg, k_run = jax.random.split(key)
-      task = self.family.task(self.family.sample(k_cfg))
-      losses = train_curve(self.rule, theta, task, cfg.eval_steps, k_run)
-      return jnp.mean(task.normalize_loss(losses))
+      def one(key, fam=fam):
+        k_cfg, k_run = jax.random.split(key)
+        task = fam.task(fam.sample(k_cfg))
+        losses = train_curve(self.rule, theta, task, cfg.eval_steps, k_run)
+        return jnp.mean(task.normalize_loss(losses))
 
-    vals = jax.vmap(one)(keys)
-    return jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9))
+      vals = jax.vmap(one)(keys)
+      per_family.append(jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9)))
+    return jnp.mean(jnp.stack(per_family))
 
   # -- the loop -------------------------------------------------------------
 
@@ -375,6 +390,9 @@ class MetaTrainer:
         "inner/resets": total("resets"),
         "inner/nonfinite": total("nonfinite"),
     }
+    for k in sorted(ms[-1]):
+      if k.startswith("meta_loss/"):      # a mixture's per-family losses
+        row["meta/loss/" + k[len("meta_loss/"):]] = mean(k)
     evals = [float(m["eval_loss"]) for m in ms if "eval_loss" in m]
     if evals:
       row["meta/eval_loss"] = evals[-1]

@@ -12,6 +12,9 @@ name                    estimator
 ``full_es``             :class:`FullES` (whole episodes)
 ``tbptt``               :class:`TBPTT` (truncated backprop, biased)
 ======================  ==================================================
+
+:class:`Mixture` combines one estimator per task family (meta-training on
+several families at once).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from lopt.meta_train.estimators.base import (EstimatorBase, GradientEstimator,
                                              aggregate, antithetic_unroll)
 from lopt.meta_train.estimators.es_single import ESSingle, ESSingleState
 from lopt.meta_train.estimators.full_es import FullES, FullESState
+from lopt.meta_train.estimators.mixture import Mixture
 from lopt.meta_train.estimators.pes import PES, PESState
 from lopt.meta_train.estimators.tbptt import TBPTT, TBPTTState
 from lopt.meta_train.estimators.truncated_es import (TruncatedES,

@@ -245,3 +245,15 @@ def test_async_drops_stale_estimates(ray_local):
   assert dropped == sum(r["dist/dropped_stale"] for r in res.history)
   assert dropped >= 1 and trainer._book.dropped == dropped
   assert trainer._book.accepted >= 2 * 6
+
+
+@pytest.mark.ray
+def test_sync_ray_mixture_equals_single_process(ray_local):
+  """A mixture of families: each worker owns its slice of every family's
+  batch; the result equals the single-process run."""
+  cfg = _cfg(task_family="quadratic,linear_regression", outer_steps=3)
+  single = MetaTrainer(cfg).run(None, progress=False)
+  res = D.RayMetaTrainer(cfg, D.RayOptions(workers=2, timeout_s=120)).run(
+      None, progress=False)
+  for a, b in zip(_leaves(single.state), _leaves(res.state)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
