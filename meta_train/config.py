@@ -38,7 +38,9 @@ class MetaTrainConfig:
     std: ES perturbation scale s.
     random_offsets: spread the first episode's resets over outer steps.
     meta_loss: ``train`` or ``valid``; log_loss: log of the normalised loss;
-    loss_clip: clip the normalised per-step loss (0: off).
+    loss_clip: clip the normalised per-step loss (0: off); when on, a
+      non-finite step also counts as ``loss_clip`` in the ES estimates
+      (diverging is penalised, not dropped).
     tbptt_clip: global-norm clip of each TBPTT estimate (0: off).
   Outer optimizer (optax Adam):
     outer_steps, learning_rate, b1, b2, clip_norm (global norm, 0: off),

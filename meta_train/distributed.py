@@ -654,6 +654,17 @@ class RayMetaTrainer(MetaTrainer):
           "CPUs for the workers?); raise the timeout with --ray-timeout.")
     return ready[0]
 
+  def _wait_all(self, refs: List[Any], what: str) -> None:
+    """Waits until all of ``refs`` finished (timeout with a clear message)."""
+    _, waiting = self._ray.wait(refs, num_returns=len(refs),
+                                timeout=self.options.timeout_s)
+    if waiting:
+      workers = sorted({self._inflight[r][0] for r in waiting})
+      raise DistributedTimeout(
+          f"Ray: {what}: no estimate from worker(s) {workers} within "
+          f"{self.options.timeout_s:g} s (stuck worker, or the cluster lacks "
+          "CPUs for the workers?); raise the timeout with --ray-timeout.")
+
   def _drain(self, version: Optional[int] = None,
              info: Optional[Dict] = None) -> None:
     """Waits for the in-flight estimates (async mode) before the worker
@@ -706,7 +717,7 @@ class RayMetaTrainer(MetaTrainer):
       results = self._async_collect(state, info)
     info["dist/wait_s"] = time.perf_counter() - t0
     state, m = self._learn(state, [r["grad"] for r in results],
-                           [{k: jnp.asarray(v, jnp.float32) for k, v in
+                           [{k: np.float32(v) for k, v in
                              r["metrics"].items()} for r in results])
     n = step + 1
     self._actors_step = n
@@ -725,11 +736,11 @@ class RayMetaTrainer(MetaTrainer):
     self._publish(state)
     for attempt in range(self.options.max_redo + 1):
       refs = [self._submit(w, step) for w in list(self._alive)]
+      live = [r for r in refs if r is not None]
+      if live:            # one wait for all (each extra call is a round trip)
+        self._wait_all(live, f"outer step {step}")
       results = []
-      for ref in refs:
-        if ref is None:
-          continue
-        self._wait_one([ref], f"outer step {step}")
+      for ref in live:
         res = self._receive(ref, step, info)
         if res is not None:
           results.append(res)

@@ -59,8 +59,11 @@ class InnerTraining:
       the update: free) or ``"valid"`` (loss of a validation batch after the
       update: one extra forward pass).
     log_loss: use ``log`` of the normalised loss.
-    loss_clip: clip the normalised per-step loss at this value (0: off);
-      non-finite losses are never clipped (they trigger a reset).
+    loss_clip: clip the normalised per-step loss at this value (0: off).
+      A non-finite loss triggers a reset; with ``loss_clip`` on it also
+      counts as ``loss_clip`` in the ES estimates (:attr:`nonfinite_loss`),
+      so a diverging optimizer pays the worst clipped loss instead of
+      dropping out of the estimate.
   """
 
   rule: Any
@@ -85,6 +88,11 @@ class InnerTraining:
     # arrays are created outside any jit trace (else they could leak tracers).
     with jax.ensure_compile_time_eval():
       self.family.task(self.family.default_config())
+
+  @property
+  def nonfinite_loss(self):
+    """Meta-loss charged for a non-finite step (None: leave it out)."""
+    return float(self.loss_clip) if self.loss_clip else None
 
   @property
   def max_horizon(self) -> int:

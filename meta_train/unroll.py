@@ -60,6 +60,11 @@ class UnrollSystem(Protocol):
            ) -> Tuple[PyTree, Array]:
     """One inner step: ``(new_inner, meta_loss)``; pure and jittable."""
 
+  # Optional attribute ``nonfinite_loss: Optional[float]``: when set, the ES
+  # estimators count a non-finite step loss as this value (the problem still
+  # resets), so that diverging is penalised instead of dropping out of the
+  # estimate; when absent or None such steps are left out.
+
 
 class Episode(NamedTuple):
   """Per-particle episode bookkeeping (leading axis: particles).

@@ -162,10 +162,16 @@ def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
       keeps ``eps``, as PES and truncated ES do).
     allow_reset: reset finished episodes (FullES passes False and masks the
       steps past the horizon instead).
+
+  A step whose loss is not finite on either side ends that particle's
+  episode (it resets at the next step). If ``system.nonfinite_loss`` is set,
+  the non-finite side counts as that loss (diverging costs the penalty);
+  otherwise the step is left out of the estimate and the meta-loss.
   Returns:
     The final :class:`ESCarry`.
   """
   num = ep.t.shape[0]
+  penalty = getattr(system, "nonfinite_loss", None)
   zeros_p = jnp.zeros([num], jnp.float32)
   zi = jnp.zeros([num], jnp.int32)
   c0 = ESCarry(ep, inner, eps, credit,
@@ -199,7 +205,12 @@ def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
     new_inner, loss = step(theta_pm, c.inner, keys)
     lp, lm = loss[0], loss[1]
     finite = jnp.isfinite(lp) & jnp.isfinite(lm)
-    ok = finite & active
+    if penalty is None:       # a non-finite step is left out of the estimate
+      ok = finite & active
+    else:                     # ... or counts as the penalty loss
+      lp = jnp.where(jnp.isfinite(lp), lp, penalty)
+      lm = jnp.where(jnp.isfinite(lm), lm, penalty)
+      ok = active
     d = jnp.where(ok, lp - lm, 0.0).astype(jnp.float32)
     c = c._replace(
         ep=c.ep._replace(t=c.ep.t + 1,

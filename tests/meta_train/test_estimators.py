@@ -241,3 +241,58 @@ def test_at_most_one_reset_per_truncation_then_idle():
   np.testing.assert_array_equal(np.asarray(c.resets), [1, 1, 1])
   np.testing.assert_array_equal(np.asarray(c.counted), [8, 8, 8])
   np.testing.assert_array_equal(np.asarray(c.ep.episode), [1, 1, 1])
+
+
+class _Cliff:
+  """Loss theta^2 + 1 while theta < 0.05, non-finite beyond: a step past the
+  cliff diverges. Episodes of 5 steps, so resets happen inside a
+  truncation."""
+
+  max_horizon = 5
+
+  def __init__(self, penalty=None):
+    self.nonfinite_loss = penalty
+
+  def init_meta_params(self, key):
+    return {"a": jnp.float32(0.0)}
+
+  def sample_horizon(self, key):
+    return jnp.int32(5)
+
+  def init(self, theta, key, horizon):
+    return jnp.float32(0.0)
+
+  def step(self, theta, x, key):
+    a = theta["a"]
+    return x, jnp.where(a < 0.05, a * a + 1.0, jnp.nan)
+
+
+@pytest.mark.parametrize("name", ["es_single", "pes", "truncated_es"])
+def test_nonfinite_penalty_makes_divergence_cost(name):
+  """Without a penalty, the particles that fall off the cliff drop out of
+  the estimate and the meta-loss; with ``nonfinite_loss`` they count as the
+  penalty, so the estimate points up the cliff (theta is pushed away)."""
+  theta = {"a": jnp.float32(0.0)}
+  out = {}
+  for pen in (None, 10.0):
+    system = _Cliff(pen)
+    est = E.get(name, system, num_tasks=64, trunc_length=10, std=0.1)
+    ws = est.init(theta, jax.random.PRNGKey(0))
+    g, ws, m = jax.jit(est.estimate)(theta, ws, jax.random.PRNGKey(1))
+    out[pen] = (float(g["a"]), float(m["meta_loss"]), float(m["nonfinite"]))
+  (g0, l0, n0), (g1, l1, n1) = out[None], out[10.0]
+  assert n0 > 0 and n1 > 0                    # divergence happened in both
+  assert l0 < 1.1 < l1                        # only counted with a penalty
+  # Loss to the right of 0 is 10 instead of missing: a large positive
+  # gradient (gradient descent moves theta away from the cliff).
+  assert g1 > 10 * abs(g0) and g1 > 1.0
+
+
+def test_inner_training_charges_loss_clip_for_nonfinite_steps():
+  import lopt
+  import lopt.tasks
+  from lopt.meta_train.inner import InnerTraining
+  fam = lopt.tasks.get_family("quadratic")
+  rule = lopt.rules.get("sgd")
+  assert InnerTraining(rule, fam).nonfinite_loss is None
+  assert InnerTraining(rule, fam, loss_clip=3.0).nonfinite_loss == 3.0
