@@ -29,6 +29,8 @@ A small MLP (ReLU) maps the features to a direction ``d`` and a magnitude
 
     update = exp(log_step_scale) * d * exp(exp_mult * mg) * mu_scale
 
+(``d`` and ``mg`` clipped to ``[-output_clip, output_clip]``, default 10).
+
 ``mu_scale`` is 1 in standard parametrisation and ``1/fan_in`` for hidden
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
 ``param_meta`` the muP rule behaves exactly as standard parametrisation).
@@ -49,6 +51,7 @@ the output layer and skip weights zeroed, the update is exactly zero.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import jax
@@ -153,6 +156,21 @@ _FEATURE_FACTORS = (
 assert len(_FEATURE_FACTORS) == NUM_FEATURES
 
 
+def sample_stride(shape, norm_sample: int) -> int:
+  """Stride of the normaliser's subsample of a tensor of ``shape``: about
+  ``size / norm_sample``, and coprime with the last dimension so that the
+  row-major subsample visits every column and every row (a stride sharing a
+  factor with the width would see only some columns: a dead unit's column,
+  whose rsqrt features are far above the rest, could then be missed and its
+  normalised features blow up)."""
+  n = math.prod(shape)
+  stride = max(1, -(-n // max(1, int(norm_sample))))
+  if stride > 1 and len(shape) >= 2:
+    while math.gcd(stride, shape[-1]) != 1:
+      stride += 1
+  return stride
+
+
 def _factor_rows(g, p, ls: LeafState, stride: int):
   """The factor arrays ``A`` [8, n'] and ``B`` [7, n'] at every
   ``stride``-th element (row-major) of the tensor, ``n' = ceil(n / stride)``;
@@ -194,6 +212,9 @@ class PerParamMLP:
     norm_sample: the per-tensor feature RMS is computed over an evenly
       strided subset of about this many elements (exact for tensors that are
       not larger).
+    output_clip: the direction ``d`` and magnitude ``mg`` outputs are
+      clipped to ``[-output_clip, output_clip]`` (0: off), which bounds one
+      element's step by ``exp(log_step_scale) * c * exp(exp_mult * c)``.
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -204,6 +225,7 @@ class PerParamMLP:
   initial_step_scale: float = 1e-3
   exp_mult: float = 0.1
   norm_sample: int = 2048
+  output_clip: float = 10.0
   mup: bool = False
 
   uses_loss = False
@@ -223,6 +245,9 @@ class PerParamMLP:
                        f"{self.momentum_decays}.")
     if self.initial_step_scale <= 0:
       raise ValueError("initial_step_scale must be > 0.")
+    if not self.output_clip >= 0:
+      raise ValueError(f"output_clip must be >= 0 (0: off), got "
+                       f"{self.output_clip}.")
 
   @property
   def name(self) -> str:
@@ -306,8 +331,7 @@ class PerParamMLP:
     (23 passes over the tensor, see README performance section).
     """
     del feats
-    n = g.size
-    stride = max(1, -(-n // self.norm_sample))
+    stride = sample_stride(g.shape, self.norm_sample)
     a, b = _factor_rows(g, p, ls, stride)
     # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix
     # product instead of 23 reductions (which compile to ~90 tiny kernels per
@@ -345,6 +369,13 @@ class PerParamMLP:
     direction = direction + sum(skip_eff[f] * feats[f]
                                 for f in range(NUM_FEATURES))
     magnitude = b[1] + sum(w[j, 1] * hidden[j] for j in range(len(hidden)))
+    if self.output_clip:
+      # The features are normalised by a tensor-wide RMS, so one element
+      # can sit far outside the typical range (e.g. a weight whose gradient
+      # is always ~0); unclipped, its direction and exp(magnitude) explode.
+      c = self.output_clip
+      direction = jnp.clip(direction, -c, c)
+      magnitude = jnp.clip(magnitude, -c, c)
     scale = jnp.exp(log_scale) * mu_scale
     step = scale * direction * jnp.exp(self.exp_mult * magnitude)
     return step.astype(jnp.result_type(p))

@@ -240,3 +240,39 @@ def test_velo_ignores_nonfinite_loss_in_emas():
   _, state = rule.update(theta, params, state, params, jnp.float32(1.0))
   _, state2 = rule.update(theta, params, state, params, jnp.float32(jnp.nan))
   np.testing.assert_array_equal(state2.loss_ema, state.loss_ema)
+
+
+def test_normaliser_subsample_visits_every_row_and_column():
+  for shape in [(128, 128), (64, 128), (784, 256), (300, 7), (5, 6, 128)]:
+    stride = mlp_lib.sample_stride(shape, 2048)
+    idx = np.arange(0, int(np.prod(shape)), stride)
+    cols = set((idx % shape[-1]).tolist())
+    rows = set((idx // shape[-1]).tolist())
+    assert cols == set(range(shape[-1])), shape
+    assert rows == set(range(int(np.prod(shape[:-1])))), shape
+    assert len(idx) <= 2048 * 1.01 + 1
+
+
+def test_output_clip_bounds_the_step_of_an_outlier_element():
+  """An element whose gradient is always zero among large ones (outside the
+  normaliser's subsample) has huge normalised rsqrt features; the clipped
+  outputs bound its step, unclipped it explodes."""
+  g = jax.random.normal(jax.random.PRNGKey(1), (64, 64)).at[3, 5].set(0.0)
+  params = {"w": jnp.zeros((64, 64))}
+  steps = {}
+  for clip in (10.0, 0.0):
+    rule = lopt.rules.get("mlp", output_clip=clip)
+    theta = rule.init_meta_params(jax.random.PRNGKey(0))
+    theta = dict(theta, out={"w": jnp.ones_like(theta["out"]["w"]),
+                             "b": theta["out"]["b"]})
+    state = rule.init(theta, params, 10)
+    for _ in range(3):
+      upd, state = rule.update(theta, {"w": g}, state, params)
+    steps[clip] = float(jnp.max(jnp.abs(upd["w"])))
+  rule = lopt.rules.get("mlp")
+  bound = float(jnp.exp(theta["log_step_scale"])) * 10.0 * np.exp(
+      rule.exp_mult * 10.0)
+  assert steps[10.0] <= bound * (1 + 1e-5)
+  assert steps[0.0] > 2 * bound            # the clip is what bounds it
+  with pytest.raises(ValueError, match="output_clip"):
+    lopt.rules.get("mlp", output_clip=-1.0)
