@@ -56,6 +56,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lopt.rules import common
 
@@ -177,20 +178,31 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
   ``A[i] * B[j]`` equals the feature with factors ``(i, j)`` exactly as
   :func:`_features_from` computes it."""
   shape = g.shape
-  # All three k at once ([3, *shape] arrays): fewer, larger kernels.
+  n = math.prod(shape)
+  sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]   # [K, n']
+  rv = jax.lax.rsqrt(sample(ls.v[None]) + _EPS)
   if _factored(shape):
+    # The row / column factors at the sampled elements, gathered from the
+    # small [3, rows] / [3, cols] arrays with static indices: nothing of the
+    # tensor's full size is computed (a stride that does not divide the
+    # width would otherwise make XLA build the full arrays first).
+    rows, cols = shape[-2], shape[-1]
+    k = np.arange(0, n, stride)
+    ri = k // cols                                   # index into [L * rows]
+    ci = (k // (rows * cols)) * cols + k % cols      # index into [L * cols]
     r, c = ls.row, ls.col
     mean_r = common.safe_mean(r, axis=-1, keepdims=True)
-    vh = r[..., :, None] * (c / (mean_r + 1e-30))[..., None, :]
-    rs = jax.lax.rsqrt(r + _EPS)[..., :, None] * (
-        jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[..., None, :]
+    flat3 = lambda x: x.reshape(3, -1)
+    vh = flat3(r)[:, ri] * flat3(c / (mean_r + 1e-30))[:, ci]
+    rs = (flat3(jax.lax.rsqrt(r + _EPS))[:, ri] *
+          flat3(jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[:, ci])
   else:
-    vh, rs = ls.row, jax.lax.rsqrt(ls.row + _EPS)
-  rv = jax.lax.rsqrt(ls.v + _EPS)
-  one = jnp.ones((1,) + shape, jnp.float32)
-  sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]
-  a = sample(jnp.concatenate([one, rv[None], rs, vh]))
-  b = sample(jnp.concatenate([g[None], p[None], ls.m, ls.v[None], one]))
+    vh = sample(ls.row)
+    rs = jax.lax.rsqrt(vh + _EPS)
+  one = jnp.ones_like(rv)
+  a = jnp.concatenate([one, rv, rs, vh])
+  b = jnp.concatenate([sample(g[None]), sample(p[None]), sample(ls.m),
+                       sample(ls.v[None]), one])
   return a, b
 
 
