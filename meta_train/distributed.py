@@ -647,11 +647,7 @@ class RayMetaTrainer(MetaTrainer):
     ready, _ = self._ray.wait(refs, num_returns=1,
                               timeout=self.options.timeout_s)
     if not ready:
-      waiting = sorted({self._inflight[r][0] for r in refs})
-      raise DistributedTimeout(
-          f"Ray: {what}: no estimate from worker(s) {waiting} within "
-          f"{self.options.timeout_s:g} s (stuck worker, or the cluster lacks "
-          "CPUs for the workers?); raise the timeout with --ray-timeout.")
+      raise self._timeout(refs, what)
     return ready[0]
 
   def _wait_all(self, refs: List[Any], what: str) -> None:
@@ -659,11 +655,15 @@ class RayMetaTrainer(MetaTrainer):
     _, waiting = self._ray.wait(refs, num_returns=len(refs),
                                 timeout=self.options.timeout_s)
     if waiting:
-      workers = sorted({self._inflight[r][0] for r in waiting})
-      raise DistributedTimeout(
-          f"Ray: {what}: no estimate from worker(s) {workers} within "
-          f"{self.options.timeout_s:g} s (stuck worker, or the cluster lacks "
-          "CPUs for the workers?); raise the timeout with --ray-timeout.")
+      raise self._timeout(waiting, what)
+
+  def _timeout(self, refs: List[Any], what: str) -> DistributedTimeout:
+    """The error for estimates ``refs`` that did not arrive in time."""
+    workers = sorted({self._inflight[r][0] for r in refs})
+    return DistributedTimeout(
+        f"Ray: {what}: no estimate from worker(s) {workers} within "
+        f"{self.options.timeout_s:g} s (stuck worker, or the cluster lacks "
+        "CPUs for the workers?); raise the timeout with --ray-timeout.")
 
   def _drain(self, version: Optional[int] = None,
              info: Optional[Dict] = None) -> None:

@@ -103,6 +103,16 @@ def _init_leaf(p) -> LeafState:
   return LeafState(z((3,) + shape), z(shape), z((3,) + shape), None)
 
 
+def _row_col_factors(r, c) -> tuple:
+  """Per-row and per-column factors of the factored second moments (any
+  leading axes): ``vhat = r[..., :, None] * c_vhat[..., None, :]`` and
+  ``rsqrt(vhat) := r_rs[..., :, None] * c_rs[..., None, :]``. Returns
+  ``(r, c_vhat, r_rs, c_rs)``."""
+  mean_r = common.safe_mean(r, axis=-1, keepdims=True)
+  return (r, c / (mean_r + 1e-30), jax.lax.rsqrt(r + _EPS),
+          jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))
+
+
 def _second_moments(ls: LeafState, shape) -> tuple:
   """Adafactor second-moment estimates ``vhat_k`` and ``rsqrt(vhat_k)``,
   broadcastable to ``shape``.
@@ -118,11 +128,9 @@ def _second_moments(ls: LeafState, shape) -> tuple:
             [jax.lax.rsqrt(ls.row[k] + _EPS) for k in range(3)])
   vhat, rs = [], []
   for k in range(3):
-    r, c = ls.row[k], ls.col[k]
-    mean_r = common.safe_mean(r, axis=-1, keepdims=True)
-    vhat.append(r[..., :, None] * (c / (mean_r + 1e-30))[..., None, :])
-    rs.append(jax.lax.rsqrt(r + _EPS)[..., :, None] *
-              (jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[..., None, :])
+    r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row[k], ls.col[k])
+    vhat.append(r[..., :, None] * c_vhat[..., None, :])
+    rs.append(r_rs[..., :, None] * c_rs[..., None, :])
   return vhat, rs
 
 
@@ -190,12 +198,10 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
     k = np.arange(0, n, stride)
     ri = k // cols                                   # index into [L * rows]
     ci = (k // (rows * cols)) * cols + k % cols      # index into [L * cols]
-    r, c = ls.row, ls.col
-    mean_r = common.safe_mean(r, axis=-1, keepdims=True)
-    flat3 = lambda x: x.reshape(3, -1)
-    vh = flat3(r)[:, ri] * flat3(c / (mean_r + 1e-30))[:, ci]
-    rs = (flat3(jax.lax.rsqrt(r + _EPS))[:, ri] *
-          flat3(jax.lax.rsqrt(c + _EPS) * jnp.sqrt(mean_r + _EPS))[:, ci])
+    r, c_vhat, r_rs, c_rs = (x.reshape(3, -1) for x in
+                             _row_col_factors(ls.row, ls.col))
+    vh = r[:, ri] * c_vhat[:, ci]
+    rs = r_rs[:, ri] * c_rs[:, ci]
   else:
     vh = sample(ls.row)
     rs = jax.lax.rsqrt(vh + _EPS)
@@ -331,10 +337,10 @@ class PerParamMLP:
     if g.size == 0:
       return ls, None, None
     feats = self._features(g, common.f32(p), ls)
-    inv = self._feature_inv_rms(g, common.f32(p), ls, feats)
+    inv = self._feature_inv_rms(g, common.f32(p), ls)
     return ls, feats, inv
 
-  def _feature_inv_rms(self, g, p, ls: LeafState, feats) -> jax.Array:
+  def _feature_inv_rms(self, g, p, ls: LeafState) -> jax.Array:
     """``1 / RMS`` of every feature over the tensor.
 
     For tensors larger than ``norm_sample`` elements the RMS is taken over a
@@ -342,7 +348,6 @@ class PerParamMLP:
     smaller tensors). The reductions would otherwise dominate the rule's cost
     (23 passes over the tensor, see README performance section).
     """
-    del feats
     stride = sample_stride(g.shape, self.norm_sample)
     a, b = _factor_rows(g, p, ls, stride)
     # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix

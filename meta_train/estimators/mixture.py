@@ -60,10 +60,6 @@ class Mixture:
   def num_particles_total(self) -> int:
     return sum(m.num_particles_total for m in self.members)
 
-  @property
-  def trunc_length(self) -> int:
-    return self.members[0].trunc_length
-
   def init(self, theta: PyTree, key: jax.Array) -> Tuple[PyTree, ...]:
     return tuple(m.init(theta, jax.random.fold_in(key, i))
                  for i, m in enumerate(self.members))

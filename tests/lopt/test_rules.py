@@ -176,14 +176,14 @@ def test_sampled_feature_norm_uses_exact_features(shape):
   feats = rule._features(g, p, ls)
   assert len(feats) == mlp_lib.NUM_FEATURES
   stride = -(-g.size // 64)
-  inv = rule._feature_inv_rms(g, p, ls, feats)
+  inv = rule._feature_inv_rms(g, p, ls)
   want = jnp.stack([
       1 / jnp.sqrt(jnp.mean(jnp.broadcast_to(f, shape).reshape(-1)[::stride]
                             ** 2) + 1e-12) for f in feats])
   np.testing.assert_allclose(inv, want, rtol=1e-5)
   # And for small tensors the normaliser is exact.
   exact = lopt.rules.get("mlp", norm_sample=10**6)
-  inv = exact._feature_inv_rms(g, p, ls, feats)
+  inv = exact._feature_inv_rms(g, p, ls)
   want = jnp.stack([1 / jnp.sqrt(jnp.mean(f**2) + 1e-12) for f in feats])
   np.testing.assert_allclose(inv, want, rtol=1e-5)
 
