@@ -134,6 +134,10 @@ _BUILTIN_FAMILIES: Dict[str, Callable[[], TaskFamily]] = {
         "digits", (32, 32), 32, name="digits_mlp_2layer"),
     "digits_mlp_noisy": lambda: MLPClassifierFamily(
         "digits", (32,), 32, label_noise_max=0.2, name="digits_mlp_noisy"),
+    "digits_mlp_w64": lambda: MLPClassifierFamily(
+        "digits", (64, 64), 32, name="digits_mlp_w64"),
+    "digits_mlp_3layer": lambda: MLPClassifierFamily(
+        "digits", (32, 32, 32), 32, name="digits_mlp_3layer"),
     "iris_mlp": lambda: MLPClassifierFamily(
         "iris", (16,), 16, name="iris_mlp"),
     "mup_mlp_w32": lambda: mup.mup_mlp_family(32),
@@ -187,8 +191,8 @@ DEFAULT_META_TRAIN_FAMILY = "digits_mlp"
 META_TRAIN_FAMILIES: tuple[str, ...] = (
     "quadratic", "quadratic_noisy", "linear_regression",
     "logistic_regression", "digits_mlp", "digits_mlp_b128",
-    "digits_mlp_2layer", "digits_mlp_noisy", "iris_mlp", "mup_mlp_w32",
-    "mup_mlp_w64")
+    "digits_mlp_2layer", "digits_mlp_noisy", "digits_mlp_w64",
+    "digits_mlp_3layer", "iris_mlp", "mup_mlp_w32", "mup_mlp_w64")
 
 #: Held-out tasks for evaluation: new datasets, larger widths / depths, new
 #: architectures. None of them is produced by a meta-training family.
