@@ -31,10 +31,16 @@ def test_header_and_model_card(path):
   prov = h["provenance"]
   assert prov["config"]["rule"] == h["rule"]
   assert prov["outer_steps"] > 0
+  # Meta-trained on the meta-training split only: no held-out task leaks in.
+  families = [n.strip() for n in prov["config"]["task_family"].split(",")]
+  assert set(families) <= set(lopt.tasks.META_TRAIN_FAMILIES), families
+  assert not set(families) & set(lopt.tasks.HELDOUT_TASKS)
   card = path.with_suffix(".md")
   assert card.is_file(), f"missing model card {card.name}"
   text = card.read_text()
   assert "lopt meta-train" in text and h["rule"] in text
+  for name in families:
+    assert f"`{name}`" in text, f"{card.name} does not name {name}"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
