@@ -10,6 +10,7 @@ import pytest
 
 import lopt
 import lopt.tasks
+from lopt.meta_train.config import MetaTrainConfig
 
 SHIPPED = sorted(
     pathlib.Path(str(p)) for p in
@@ -32,7 +33,7 @@ def test_header_and_model_card(path):
   assert prov["config"]["rule"] == h["rule"]
   assert prov["outer_steps"] > 0
   # Meta-trained on the meta-training split only: no held-out task leaks in.
-  families = [n.strip() for n in prov["config"]["task_family"].split(",")]
+  families = MetaTrainConfig.from_dict(prov["config"]).family_names
   assert set(families) <= set(lopt.tasks.META_TRAIN_FAMILIES), families
   assert not set(families) & set(lopt.tasks.HELDOUT_TASKS)
   card = path.with_suffix(".md")
