@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
       "--baseline-sweep", default="adam",
       help="comma-separated baselines to tune per task by a log-spaced "
       "learning-rate sweep ('none' to skip); the first is the reference")
+  p.add_argument(
+      "--baseline-steps", type=int, default=None,
+      help="steps of each run of the baseline sweeps (default: --steps). A "
+      "speedup above 1 needs a baseline that runs longer than the optimizer: "
+      "the measurable speedup is at most baseline-steps / steps (e.g. 2000 "
+      "with --steps 1000 measures up to 2x)")
   p.add_argument("--num-lrs", type=int, default=7,
                  help="points in each learning-rate sweep")
   p.add_argument("--lr-range", default=None, metavar="LO:HI",
@@ -159,7 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         eval_every=args.eval_every, window=args.window, cache_dir=cache_dir,
         num_valid_batches=args.valid_batches,
         num_test_batches=args.test_batches,
-        callback=progress, workers=args.workers)
+        callback=progress, workers=args.workers,
+        baseline_steps=args.baseline_steps)
     progress.close()
     paths = report.write_all(record, out, plots=not args.no_plots,
                              tensorboard=args.tensorboard)

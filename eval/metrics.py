@@ -19,6 +19,13 @@ Speedup of optimizer A (``T_A`` steps) over a baseline B (``T_B`` steps)::
 
 If B never reaches the target the speedup is the lower bound ``T_B / T_A``,
 reported as ``">= T_B/T_A"``; a value below 1 means A is slower than B.
+A speedup above 1 can only be measured when B runs longer than A
+(``T_B > T_A``): with equal step counts the value is capped at 1.
+
+Over a learning-rate sweep of B (:func:`speedup_over_sweep`), ``t_reach`` is
+the fewest steps any rate of the sweep needs -- the strongest version of B
+for that particular target, so the speedup is never overstated by a rate
+that was tuned for a different budget.
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ class Speedup:
     steps: ``T_A``.
     baseline_steps: ``T_B``.
     target: the optimizer's final smoothed loss.
+    baseline_index: over a sweep, the index of the run (learning rate) that
+      reached the target first (``None`` otherwise).
   """
 
   value: float
@@ -87,6 +96,7 @@ class Speedup:
   steps: int
   baseline_steps: int
   target: float
+  baseline_index: Optional[int] = None
 
   def __str__(self) -> str:
     return format_speedup(self)
@@ -113,18 +123,32 @@ def speedup(curves: np.ndarray, baseline_curves: np.ndarray,
 
   A diverged optimizer (non-finite target) gets speedup 0.
   """
+  s = speedup_over_sweep(curves, np.asarray(baseline_curves)[None], window)
+  return dataclasses.replace(s, baseline_index=None)
+
+
+def speedup_over_sweep(curves: np.ndarray, sweep_curves: np.ndarray,
+                       window: Optional[int] = None) -> Speedup:
+  """Speedup of ``curves`` (``[..., T_A]``) over the fastest run of a sweep
+  ``sweep_curves`` (``[L, ..., T_B]``, e.g. one entry per learning rate):
+  ``t_reach = min_l t_reach(l)`` (module docstring). Each sweep entry is
+  averaged over its seeds and smoothed like ``curves``.
+  """
   a = mean_curve(curves)
-  b = mean_curve(baseline_curves)
   w = window if window is not None else default_window(len(a))
   target = float(smooth(a, w)[-1])
-  t_a, t_b = len(a), len(b)
+  sweep = np.asarray(sweep_curves)
+  t_a, t_b = len(a), int(sweep.shape[-1])
   if not math.isfinite(target):
     return Speedup(0.0, False, None, t_a, t_b, target)
-  reached = np.nonzero(smooth(b, w) <= target)[0]
-  if reached.size == 0:
+  best: Optional[tuple] = None
+  for i in range(sweep.shape[0]):
+    reached = np.nonzero(smooth(mean_curve(sweep[i]), w) <= target)[0]
+    if reached.size and (best is None or reached[0] + 1 < best[0]):
+      best = (int(reached[0]) + 1, i)
+  if best is None:
     return Speedup(t_b / t_a, True, None, t_a, t_b, target)
-  t_reach = int(reached[0]) + 1
-  return Speedup(t_reach / t_a, False, t_reach, t_a, t_b, target)
+  return Speedup(best[0] / t_a, False, best[0], t_a, t_b, target, best[1])
 
 
 def iqm(values: Sequence[float]) -> float:

@@ -98,8 +98,10 @@ def markdown(record: Dict[str, Any]) -> str:
   table(["task"] + cols, rows)
 
   if opts and tuned:
-    out.append("**Speedup** = steps the tuned baseline needs to reach the "
-               "optimizer's final smoothed loss / the optimizer's steps "
+    bsteps = cfg.get("baseline_steps", cfg["num_steps"])
+    out.append("**Speedup** = fewest steps any learning rate of the tuned "
+               f"baseline's sweep (each run {bsteps} steps) needs to reach "
+               "the optimizer's final smoothed loss / the optimizer's steps "
                "(`>= a/b`: never reached, lower bound; < 1: slower)")
     out.append("")
     header = ["task"] + [f"{o} vs {b}" for o in opts for b in tuned]
@@ -205,8 +207,8 @@ def plot_task(record: Dict[str, Any], task: str, path: str) -> str:
     _band(axes[0], np.arange(1, ys.shape[1] + 1), ys, label, c, window)
     for ax, m in zip(axes[1:], valid_metrics):
       if m in r["valid"]:
-        _band(ax, np.asarray(rec["eval_steps"]), _arr(r["valid"][m]), label,
-              c, 1)
+        _band(ax, np.asarray(r.get("eval_steps", rec["eval_steps"])),
+              _arr(r["valid"][m]), label, c, 1)
   axes[0].set_title(f"{task}: train loss (trailing mean, {window} steps)")
   for ax, m in zip(axes[1:], valid_metrics):
     ax.set_title(f"{task}: valid {m}")
@@ -279,7 +281,8 @@ def write_tensorboard(record: Dict[str, Any], logdir: str) -> str:
         if np.isfinite(y):
           w.add_scalar("train_loss", float(y), t)
       for m, v in r["valid"].items():
-        for s, y in zip(rec["eval_steps"], np.nanmean(_arr(v), axis=0)):
+        for s, y in zip(r.get("eval_steps", rec["eval_steps"]),
+                        np.nanmean(_arr(v), axis=0)):
           if np.isfinite(y):
             w.add_scalar(f"valid_{m}", float(y), int(s))
       w.close()

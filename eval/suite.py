@@ -8,6 +8,16 @@
 3. computes final smoothed losses and the speedup of every optimizer over
    every tuned baseline (:mod:`lopt.eval.metrics`),
 
+Tuned baselines are swept for ``baseline_steps`` (default ``num_steps``): a
+speedup above 1 needs a baseline that runs longer than the optimizer (with
+equal step counts it is capped at 1 and reported as the lower bound
+``>= 1.00x``), so pass e.g. ``2 * num_steps`` to measure it. The tuned learning
+rate, its curves and its final loss are taken at ``num_steps`` (the first
+``num_steps`` steps of each run: the baselines use constant learning rates, so
+this is the run of that budget), and the speedup counts the fewest steps any
+rate of the sweep needs to reach the optimizer's final loss
+(:func:`lopt.eval.metrics.speedup_over_sweep`).
+
 and returns a JSON-ready *record* (plain dicts / lists / floats), the input
 of :mod:`lopt.eval.report`.
 """
@@ -124,6 +134,21 @@ def _finite_list(x: np.ndarray, digits: int = 7) -> Any:
 
 def _num(v: float) -> Optional[float]:
   return float(v) if math.isfinite(v) else None
+
+
+def _truncate(res: runner.RunResult, num_steps: int) -> runner.RunResult:
+  """The first ``num_steps`` steps of runs of ``res.num_steps >= num_steps``
+  steps: curves cut, validation points up to ``num_steps`` kept, end-of-run
+  test metrics dropped when they were taken later, execution time scaled."""
+  if res.num_steps == num_steps:
+    return res
+  keep = np.asarray(res.eval_steps) <= num_steps
+  return runner.RunResult(
+      train_loss=res.train_loss[..., :num_steps],
+      eval_steps=np.asarray(res.eval_steps)[keep],
+      valid={k: v[..., keep] for k, v in res.valid.items()},
+      test={}, wall_s=res.wall_s * num_steps / res.num_steps,
+      compile_s=res.compile_s, num_runs=res.num_runs)
 
 
 def _run_record(res: runner.RunResult, window: int, **extra) -> Dict:
@@ -256,7 +281,8 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
              window: Optional[int] = None, cache_dir: Optional[str] = None,
              num_valid_batches: int = 2, num_test_batches: int = 0,
              callback: Optional[Callback] = None,
-             workers: Optional[int] = None) -> Dict[str, Any]:
+             workers: Optional[int] = None,
+             baseline_steps: Optional[int] = None) -> Dict[str, Any]:
   """Evaluates ``optimizers`` on ``tasks`` against tuned baselines.
 
   Args:
@@ -276,6 +302,9 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
     workers: units (a sweep or a run on one task) compiled and executed
       concurrently (default :func:`default_workers`); 1 runs everything in
       this thread.
+    baseline_steps: steps of each run of the baseline sweeps (default
+      ``num_steps``; at least ``num_steps``); the measurable speedup is at
+      most ``baseline_steps / num_steps``.
 
   Returns:
     The record: ``{"format", "created", "config", "tasks": {name: {...}},
@@ -284,6 +313,12 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   if isinstance(num_steps, bool) or int(num_steps) < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
   num_steps = int(num_steps)
+  if baseline_steps is None:
+    baseline_steps = num_steps
+  if isinstance(baseline_steps, bool) or int(baseline_steps) < num_steps:
+    raise ValueError(f"baseline_steps must be >= num_steps ({num_steps}), "
+                     f"got {baseline_steps}.")
+  baseline_steps = int(baseline_steps)
   if isinstance(seeds, int):
     if seeds < 1:
       raise ValueError(f"Need at least one seed, got {seeds}.")
@@ -327,8 +362,8 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   for task in task_objs:
     tname = getattr(task, "name", type(task).__name__)
     for spec, grid in sweeps:
-      job = tuning.sweep_job(task, spec.text, num_steps, seeds, lrs=grid,
-                             cache_dir=cache_dir, **common)
+      job = tuning.sweep_job(task, spec.text, baseline_steps, seeds,
+                             lrs=grid, cache_dir=cache_dir, **common)
       units.append((tname, "sweep", spec, job, job.lower))
     for spec, resolved in parsed:
       if spec.kind == "baseline":
@@ -343,17 +378,21 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   results = _execute_units(units, cb, workers)
 
   task_records: Dict[str, Any] = {}
+  speedup_objs: Dict[tuple, List[metrics_lib.Speedup]] = {}
   for task in task_objs:
     tname = getattr(task, "name", type(task).__name__)
     runs: Dict[str, Any] = {}
     curves: Dict[str, np.ndarray] = {}
+    sweep_curves: Dict[str, np.ndarray] = {}
+    sweep_lrs: Dict[str, tuple] = {}
     tuned_labels: List[str] = []
     eval_steps = None
     for (un, kind, spec, job, _), (res, hit) in zip(units, results):
       if un != tname:
         continue
-      eval_steps = res.eval_steps
       if kind == "sweep":
+        full = res
+        res = _truncate(res, num_steps)
         tr = tuning.finish_tune(job, res, hit, window)
         best = tr.best
         # step_time_s of a tuned baseline is amortised over the whole sweep
@@ -365,22 +404,33 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
             sweep_mean_train_loss=_finite_list(
                 np.mean(res.train_loss.astype(np.float64), axis=1)),
             sweep_wall_s=res.wall_s, sweep_compile_s=res.compile_s,
+            sweep_steps=full.num_steps, eval_steps=[int(x) for x in
+                                                    res.eval_steps],
             from_cache=hit)
         curves[tr.label] = best.train_loss
+        sweep_curves[tr.label] = full.train_loss
+        sweep_lrs[tr.label] = tuple(tr.lrs)
         tuned_labels.append(tr.label)
       else:
+        eval_steps = res.eval_steps
         extra: Dict[str, Any] = {"from_cache": hit}
         if spec.kind != "baseline":
           extra["rule"] = dict(parsed)[spec].header.get("rule")
         runs[spec.label] = _run_record(res, window, kind=spec.kind,
                                        spec=spec.text, **extra)
         curves[spec.label] = res.train_loss
+    if eval_steps is None:   # only tuned baselines on this task
+      eval_steps = next(iter(runs.values()))["eval_steps"]
     speedups = {}
     for spec, _ in parsed:
-      speedups[spec.label] = {
-          b: metrics_lib.speedup(curves[spec.label], curves[b],
-                                 window).to_json()
-          for b in tuned_labels}
+      speedups[spec.label] = {}
+      for b in tuned_labels:
+        sp = metrics_lib.speedup_over_sweep(curves[spec.label],
+                                            sweep_curves[b], window)
+        speedup_objs.setdefault((spec.label, b), []).append(sp)
+        speedups[spec.label][b] = sp.to_json() | {
+            "baseline_lr": (None if sp.baseline_index is None
+                            else sweep_lrs[b][sp.baseline_index])}
     task_records[tname] = {
         "eval_steps": [int(x) for x in eval_steps],
         "runs": runs,
@@ -391,11 +441,8 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   for spec, _ in parsed:
     summary[spec.label] = {}
     for b in [f"{s.name} (tuned)" for s, _ in sweeps]:
-      sp = [metrics_lib.Speedup(**{k: v for k, v in
-                                   task_records[t]["speedups"][spec.label][b]
-                                   .items() if k != "text"})
-            for t in task_records]
-      summary[spec.label][b] = metrics_lib.aggregate(sp)
+      summary[spec.label][b] = metrics_lib.aggregate(
+          speedup_objs.get((spec.label, b), []))
 
   return {
       "format": RECORD_FORMAT,
@@ -403,6 +450,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
           timespec="seconds"),
       "config": {
           "num_steps": num_steps,
+          "baseline_steps": baseline_steps,
           "seeds": list(seeds),
           "eval_every": eval_every,
           "window": window,

@@ -85,3 +85,24 @@ def test_aggregate_median_and_iqm():
   assert agg["median"] == pytest.approx(1.5)
   assert agg["iqm"] == pytest.approx(1.5)
   assert agg["num_lower_bounds"] == 1 and agg["num_faster"] == 2
+
+
+def test_speedup_over_sweep_takes_the_fastest_rate_for_the_target():
+  T = 300
+  learned = base_curve(2 * np.arange(1, T + 1))            # reaches B(2T)
+  t = np.arange(1, 3 * T + 1)
+  slow, fast, faster_early = (base_curve(0.5 * t), base_curve(t),
+                              base_curve(1.5 * t))
+  # A rate that is fast at first but stalls above the target never counts.
+  stalls = np.maximum(faster_early, base_curve(1.9 * T))
+  sweep = np.stack([slow, fast, stalls])[:, None]          # [L, S=1, 3T]
+  s = metrics.speedup_over_sweep(learned[None], sweep, window=1)
+  assert s.steps_to_reach == 2 * T and s.baseline_index == 1
+  assert s.value == pytest.approx(2.0) and not s.lower_bound
+  # Same answer as the single-curve speedup against the fastest rate.
+  one = metrics.speedup(learned[None], fast[None], window=1)
+  assert one.value == s.value and one.baseline_index is None
+  # No rate reaches it within 3T/2 steps: lower bound 1.5x.
+  s = metrics.speedup_over_sweep(learned[None], sweep[..., :3 * T // 2], 1)
+  assert s.lower_bound and s.value == pytest.approx(1.5)
+  assert s.baseline_index is None and str(s).startswith(f">= {3 * T // 2}/")

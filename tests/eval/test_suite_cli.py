@@ -8,6 +8,7 @@ import pytest
 
 import lopt.tasks
 from lopt.eval import cli, report, suite
+from lopt.eval import metrics as metrics_lib
 
 
 @pytest.fixture
@@ -153,3 +154,30 @@ def test_real_registry_unknown_task_message():
     suite.resolve_tasks("not_a_task")
   held = suite.resolve_tasks("heldout")
   assert [t.name for t in held] == list(lopt.tasks.HELDOUT_TASKS)
+
+
+def test_baseline_sweeps_run_longer_and_tuned_record_is_cut(registry,
+                                                            tmp_path):
+  rec = _evaluate("logistic", tmp_path, baseline_steps=100)
+  assert rec["config"]["baseline_steps"] == 100
+  lg = rec["tasks"]["logistic"]
+  tuned = lg["runs"]["adam (tuned)"]
+  # Tuned record: the first 40 steps of the 100-step runs, lr chosen there.
+  assert tuned["sweep_steps"] == 100
+  assert np.asarray(tuned["train_loss"]).shape == (2, 40)
+  assert max(tuned["eval_steps"]) <= 40
+  assert tuned["final_loss"] == pytest.approx(
+      metrics_lib.final_loss(np.asarray(tuned["train_loss"]),
+                             rec["config"]["window"]))
+  sp = lg["speedups"]["sgdm:lr=0.05"]["adam (tuned)"]
+  assert sp["baseline_steps"] == 100 and sp["steps"] == 40
+  assert 0 < sp["value"] <= 100 / 40
+  if not sp["lower_bound"]:
+    assert sp["baseline_lr"] in (1e-3, 1e-2, 1e-1)
+  # Default: the optimizer's steps (speedup capped at 1).
+  rec = _evaluate("logistic", tmp_path)
+  assert rec["config"]["baseline_steps"] == 40
+  assert rec["tasks"]["logistic"]["speedups"]["sgdm:lr=0.05"][
+      "adam (tuned)"]["value"] <= 1
+  with pytest.raises(ValueError, match="baseline_steps must be >= num_steps"):
+    _evaluate("logistic", tmp_path, baseline_steps=39)
