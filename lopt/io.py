@@ -228,6 +228,10 @@ def read(name_or_path: Union[str, os.PathLike]) -> LoadedOptimizer:
     raise LearnedOptimizerFileError(
         f"{where} holds rule {rule_name!r}, which this lopt does not know "
         f"(known: {', '.join(rules_lib.names())}).")
+  if isinstance(rule_config, dict):
+    # A file written before the rule gained a config key behaves as the
+    # rule did then.
+    rule_config = {**rules_lib.config_added(rule_name), **rule_config}
   try:
     rule = rules_lib.get(rule_name, **rule_config)
   except ValueError as e:

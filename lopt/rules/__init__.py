@@ -31,6 +31,19 @@ _REGISTRY: Dict[str, Callable[..., Any]] = {
 }
 
 
+_CLASSES: Dict[str, type] = {
+    "sgd": LearnableSGD, "adam": LearnableAdam, "mlp": PerParamMLP,
+    "mu_mlp": PerParamMLP, "velo": VeLOLite, "mu_velo": VeLOLite,
+}
+
+
+def config_added(name: str) -> Dict[str, Any]:
+  """Config keys that rule ``name`` gained after learned-optimizer files were
+  first written, with the values that reproduce the older files' behaviour
+  (``CONFIG_ADDED`` of the rule class; empty when none)."""
+  return dict(getattr(_CLASSES.get(name), "CONFIG_ADDED", {}))
+
+
 def names() -> tuple[str, ...]:
   """Registered rule names."""
   return tuple(_REGISTRY)

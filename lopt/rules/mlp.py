@@ -27,9 +27,19 @@ features
 A small MLP (ReLU) maps the features to a direction ``d`` and a magnitude
 ``mg``, plus a linear skip path from the features to ``d``::
 
-    update = exp(log_step_scale) * d * exp(exp_mult * mg) * mu_scale
+    update = exp(log_step_scale + sum_s w_s tanh(frac / s))
+             * d * exp(exp_mult * mg) * mu_scale
 
 (``d`` and ``mg`` clipped to ``[-output_clip, output_clip]``, default 10).
+The learned step schedule ``sum_s w_s tanh(frac / s)`` (meta-parameters
+``schedule`` = ``w``, one per timescale, initialised to 0 so the schedule
+starts flat) lets the rule anneal its step over training. Without it the
+only time-dependent path is the magnitude output, whose range
+``exp(exp_mult * [-c, c])`` is ``[0.37, 2.7]`` at the defaults, and the
+skip path cannot shrink at all: measured, that rule kept a constant step
+size late in training and its loss spiked on wider and deeper held-out
+MLPs (docs/meta_training_experiments.md). ``learned_schedule=False`` is the
+rule without it (files written before it existed load as such).
 
 ``mu_scale`` is 1 in standard parametrisation and ``1/fan_in`` for hidden
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
@@ -233,6 +243,8 @@ class PerParamMLP:
     output_clip: the direction ``d`` and magnitude ``mg`` outputs are
       clipped to ``[-output_clip, output_clip]`` (0: off), which bounds one
       element's step by ``exp(log_step_scale) * c * exp(exp_mult * c)``.
+    learned_schedule: add the learned step schedule
+      ``sum_s w_s tanh(frac / s)`` to the log step scale (module docstring).
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -244,9 +256,14 @@ class PerParamMLP:
   exp_mult: float = 0.1
   norm_sample: int = 2048
   output_clip: float = 10.0
+  learned_schedule: bool = True
   mup: bool = False
 
   uses_loss = False
+  # Config keys added after the first learned-optimizer files were written,
+  # with the value that reproduces those files' behaviour (lopt.io fills a
+  # key in when a stored rule_config lacks it).
+  CONFIG_ADDED = {"learned_schedule": False}
 
   def __post_init__(self):
     object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in
@@ -293,12 +310,23 @@ class PerParamMLP:
     out_w = 0.1 * jax.random.normal(keys[len(self.hidden_sizes)],
                                     (sizes[-1], 2)) / jnp.sqrt(sizes[-1])
     skip = jnp.zeros((NUM_FEATURES,)).at[_SKIP_INIT_FEATURE].set(-1.0)
-    return {
+    theta = {
         "layers": layers,
         "out": {"w": out_w, "b": jnp.zeros((2,))},
         "skip": skip,
         "log_step_scale": jnp.log(common.f32(self.initial_step_scale)),
     }
+    if self.learned_schedule:
+      theta["schedule"] = jnp.zeros((len(self.timescales),))
+    return theta
+
+  def log_step_scale(self, theta, time_feats) -> jax.Array:
+    """``log_step_scale + sum_s w_s tanh(frac / s)`` (the learned schedule
+    term only with ``learned_schedule``)."""
+    log_scale = theta["log_step_scale"]
+    if self.learned_schedule:
+      log_scale = log_scale + jnp.stack(time_feats) @ theta["schedule"]
+    return log_scale
 
   # -- state -----------------------------------------------------------------
   def init(self, theta, params, num_steps, param_meta=None) -> MLPState:
@@ -397,18 +425,20 @@ class PerParamMLP:
     step = scale * direction * jnp.exp(self.exp_mult * magnitude)
     return step.astype(jnp.result_type(p))
 
-  def _leaf_update(self, theta, time_feats, g, p, ls, mu_scale):
+  def _leaf_update(self, theta, time_feats, log_scale, g, p, ls, mu_scale):
     ls, feats, inv = self.leaf_prepare(g, p, ls)
-    upd = self.leaf_apply(theta, time_feats, feats, inv,
-                          theta["log_step_scale"], mu_scale, p)
+    upd = self.leaf_apply(theta, time_feats, feats, inv, log_scale, mu_scale,
+                          p)
     return upd, ls
 
   def update(self, theta, grads, state: MLPState, params, loss=None):
     del loss
     time_feats = common.time_features(state.step, state.num_steps,
                                       self.timescales)
+    log_scale = self.log_step_scale(theta, time_feats)
     pairs = jax.tree.map(
-        lambda g, p, ls, s: self._leaf_update(theta, time_feats, g, p, ls, s),
+        lambda g, p, ls, s: self._leaf_update(theta, time_feats, log_scale, g,
+                                              p, ls, s),
         grads, params, state.leaves, state.mu_scale)
     treedef = jax.tree.structure(params)
     flat = treedef.flatten_up_to(pairs)

@@ -98,7 +98,9 @@ class VeLOLite:
     return PerParamMLP(hidden_sizes=self.hidden_sizes,
                        timescales=self.timescales,
                        initial_step_scale=self.initial_step_scale,
-                       exp_mult=self.exp_mult, mup=self.mup)
+                       exp_mult=self.exp_mult, mup=self.mup,
+                       # The per-tensor LSTM sets the step scale over time.
+                       learned_schedule=False)
 
   @property
   def _summary_size(self) -> int:

@@ -157,3 +157,26 @@ def test_save_rejects_wrong_theta(tmp_path):
   with pytest.raises(ValueError, match="structure"):
     lopt.save(tmp_path / "x.lopt", rule, {"a": jnp.ones(2)})
   assert not (tmp_path / "x.lopt").exists()
+
+
+def test_file_from_before_a_config_key_existed_loads_as_then(tmp_path):
+  # Files written before the MLP rule gained `learned_schedule` have no such
+  # key in their rule_config and no `schedule` tensor: they load as the rule
+  # without the schedule (rules.config_added), with identical updates.
+  rule = lopt.rules.get("mlp", learned_schedule=False)
+  theta = jax.tree.map(lambda t: t + 0.123,
+                       rule.init_meta_params(jax.random.PRNGKey(7)))
+  path = lopt.save(tmp_path / "old.lopt", rule, theta)
+  header, payload = _header_and_payload(path)
+  del header["rule_config"]["learned_schedule"]
+  _write(path, header, payload)
+  assert lopt.rules.config_added("mlp") == {"learned_schedule": False}
+  assert lopt.rules.config_added("sgd") == {}
+  loaded = lopt.read(path)
+  assert loaded.rule.learned_schedule is False
+  assert "schedule" not in loaded.theta
+  params = {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4)}
+  a = _updates(lopt.as_optax(rule, theta, num_steps=20), params)
+  b = _updates(loaded.as_optax(num_steps=20), params)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)

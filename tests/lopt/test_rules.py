@@ -276,3 +276,30 @@ def test_output_clip_bounds_the_step_of_an_outlier_element():
   assert steps[0.0] > 2 * bound            # the clip is what bounds it
   with pytest.raises(ValueError, match="output_clip"):
     lopt.rules.get("mlp", output_clip=-1.0)
+
+
+def test_learned_schedule_scales_the_step_by_exp_of_time_features():
+  rule = lopt.rules.get("mlp")
+  plain = lopt.rules.get("mlp", learned_schedule=False)
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  assert theta["schedule"].shape == (len(rule.timescales),)
+  assert not float(jnp.abs(theta["schedule"]).max())   # starts flat
+  params = _params()
+  theta_plain = {k: v for k, v in theta.items() if k != "schedule"}
+  steps = 4
+  u_plain = _run(plain, theta_plain, params, steps)[0]
+  # Zero schedule: exactly the rule without it.
+  u0 = _run(rule, theta, params, steps)[0]
+  for a, b in zip(jax.tree.leaves(u0), jax.tree.leaves(u_plain)):
+    np.testing.assert_array_equal(a, b)
+  # Schedule w: the update is multiplied by exp(sum_s w_s tanh(frac / s)),
+  # frac = step / num_steps (one update from the same state at step 3 of 10).
+  w = jnp.asarray([0.3, -0.7, 0.2, -1.1, 0.5])
+  g = _grads(params)
+  st = rule.init(theta, params, 10)._replace(step=jnp.asarray(3, jnp.int32))
+  u = rule.update(dict(theta, schedule=w), g, st, params)[0]
+  u_ref = rule.update(theta, g, st, params)[0]
+  factor = float(np.exp(sum(float(wi) * np.tanh(0.3 / s)
+                            for wi, s in zip(w, rule.timescales))))
+  for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+    np.testing.assert_allclose(a, factor * b, rtol=1e-5, atol=1e-12)
