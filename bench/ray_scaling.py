@@ -8,8 +8,10 @@ task. Measured:
 * ``single_process``: the jitted outer step of :class:`MetaTrainer` in this
   process (single-threaded XLA, pinned to one core like each worker);
 * ``ray_1``: :class:`RayMetaTrainer`, synchronous, 1 gradient worker owning
-  the 8 tasks (the learner in this process: ``ray.put`` of theta, remote
-  estimate, particle-weighted aggregate, jitted optax update);
+  the 8 tasks (the learner in this process: theta to the worker, remote
+  estimate, particle-weighted aggregate, jitted optax update; each step one
+  Ray Compiled Graph execution, or plain actor calls with
+  ``--no-compiled-graph``);
 * ``ray_2``: the same with 2 workers of 4 tasks each (worker w pinned to
   core w, the local-Ray default of :class:`RayOptions`).
 
@@ -58,6 +60,9 @@ def _parse(argv=None):
   ap.add_argument("--num-tasks", type=int, default=8)
   ap.add_argument("--trunc-length", type=int, default=50)
   ap.add_argument("--timeout", type=float, default=600.0)
+  ap.add_argument("--no-compiled-graph", action="store_true",
+                  help="sync mode with plain Ray actor calls instead of a "
+                  "Ray Compiled Graph execution per outer step")
   ap.add_argument("--no-async", action="store_true",
                   help="skip the asynchronous-mode measurements (always "
                   "skipped with --quick)")
@@ -102,8 +107,9 @@ def _time(step_fn, state, args):
 
 def _ray_rate(cfg, workers, args, mode="sync"):
   from lopt.meta_train import distributed as D
-  trainer = D.RayMetaTrainer(cfg, D.RayOptions(workers=workers, mode=mode,
-                                                timeout_s=args.timeout))
+  trainer = D.RayMetaTrainer(cfg, D.RayOptions(
+      workers=workers, mode=mode, timeout_s=args.timeout,
+      compiled_graph=not args.no_compiled_graph))
   with trainer.session():
     state = trainer.init_state()
     rate, warm, state, ms, _ = _time(trainer.step_fn, state, args)
@@ -197,6 +203,7 @@ def main(argv=None):
                  "trunc_length": args.trunc_length, "horizons": [100, 1000],
                  "steps_per_window": args.steps, "repeats": args.repeats},
       "pinned": pinned,
+      "compiled_graph": not args.no_compiled_graph,
       "load_average_1min_at_start": round(load, 2),
       "cpu_count": os.cpu_count(),
       "wall_s": round(time.time() - t_start, 1),

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
   g.add_argument("--multi-thread-xla", action="store_true",
                  help="Keep XLA's intra-op threads in the workers (default: "
                  "single-threaded).")
+  g.add_argument("--no-compiled-graph", action="store_true",
+                 help="Sync mode: plain Ray actor calls instead of one Ray "
+                 "Compiled Graph execution per outer step.")
   g.add_argument("--no-pin-cpus", action="store_true",
                  help="Do not pin worker w to core w on a local Ray (pinning "
                  "is the default there when workers <= cores; never done on "
@@ -138,7 +141,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           cfg, address=args.ray_address, timeout_s=args.ray_timeout,
           max_restarts=args.max_restarts,
           single_thread_xla=not args.multi_thread_xla,
-          pin_cpus=False if args.no_pin_cpus else None).validate()
+          pin_cpus=False if args.no_pin_cpus else None,
+          compiled_graph=not args.no_compiled_graph).validate()
     except ConfigError as e:
       return _err(str(e))
     _log_to_stderr()

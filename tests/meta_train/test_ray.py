@@ -181,6 +181,8 @@ def test_sync_ray_equals_single_process(ray_local, tmp_path, capsys):
   assert summary["outer_steps"] == 4
   assert summary["distributed"]["workers"] == 2
   assert summary["distributed"]["lost_estimates"] == 0
+  # Every step ran as one compiled-graph execution.
+  assert summary["distributed"]["graph_steps"] == 2
   theta = lopt.read(out / "final.lopt").theta
   for a, b in zip(_leaves(single.state.theta), _leaves(theta)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
@@ -225,6 +227,11 @@ def test_killed_worker_is_restarted(ray_local, caplog):
   restarts = sum(r["dist/worker_restarts"] for r in res.history)
   assert restarts >= 1 and trainer.totals["worker_restarts"] >= 1
   assert "worker 1 restarted" in caplog.text
+  # The kill broke the step's compiled graph: redone with plain calls, then
+  # a new graph for the remaining steps.
+  assert "compiled-graph execution failed" in caplog.text
+  assert trainer.totals["redone_steps"] >= 1
+  assert trainer.totals["graph_steps"] >= 3
   assert res.history[-1]["dist/workers"] == 2.0
 
 
