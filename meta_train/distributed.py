@@ -33,10 +33,12 @@ Synchronous steps go through a Ray Compiled Graph (``ray.dag``: one
 ``compute`` per worker bound to the learner's input, compiled once, executed
 every step over shared-memory channels instead of a task submission per
 call; measured back to back on the 2-core machine, bench/ray_scaling.py:
-2-worker throughput 45.5-45.8 -> 48.0-49.3 outer steps/s). A step whose graph execution fails (a worker died: Ray fails every
-output of the graph) tears the graph down and is redone with plain actor
-calls, which run the fault handling above; the graph is compiled again for
-the workers alive at the next step. ``compiled_graph=False`` uses plain
+2-worker throughput 45.5-45.8 -> 48.0-49.3 outer steps/s). Theta goes into
+the graph by value (a graph does not resolve object references). A step
+whose graph execution fails (a worker died: Ray fails every output of the
+graph) tears the graph down and is redone with plain actor calls, which run
+the fault handling above; the graph is compiled again for the workers alive
+at the next step. ``compiled_graph=False`` uses plain
 calls throughout; a graph that does not compile (e.g. an older Ray) falls
 back to them with a warning.
 
@@ -489,6 +491,7 @@ class RayMetaTrainer(MetaTrainer):
     self._book = StalenessBook(opts.max_staleness)
     self._theta_version = -1
     self._theta_ref = None
+    self._theta_value = None
     self._actors_step = None
     self._key_index: Dict[int, int] = {}
     self._graph = None
@@ -719,6 +722,7 @@ class RayMetaTrainer(MetaTrainer):
       # 2-worker round trip here); a large one once into the object store.
       self._theta_ref = (theta if nbytes <= INLINE_THETA_BYTES
                          else self._ray.put(theta))
+      self._theta_value = theta      # compiled graphs take values only
       self._theta_version = step
 
   def _distributed_step(self, state: TrainState
@@ -792,7 +796,7 @@ class RayMetaTrainer(MetaTrainer):
     torn down and the caller redoes the step with plain calls)."""
     ray = self._ray
     try:
-      refs = graph.execute(self._theta_ref, step, step)
+      refs = graph.execute(self._theta_value, step, step)
       results = [ray.get(r, timeout=self.options.timeout_s) for r in refs]
     except (ray.exceptions.GetTimeoutError,
             ray.exceptions.RayChannelTimeoutError):
@@ -813,6 +817,13 @@ class RayMetaTrainer(MetaTrainer):
       self._recovering.update(self._graph_workers)
       self._event(f"outer step {step}: compiled-graph execution failed "
                   f"({type(e).__name__}); redoing it with plain actor calls")
+      if isinstance(e, ray.exceptions.RayTaskError):
+        # An error raised inside compute, not a lost worker: plain calls
+        # raise it again if it is not specific to the graph; if it is, the
+        # graph is not rebuilt every step.
+        self._graph_ok = False
+        log.warning("Ray: compiled graph disabled for this run after %s: %s",
+                    type(e).__name__, e)
       return None
     for w, res in zip(self._graph_workers, results):
       self._account(w, res, step, info)

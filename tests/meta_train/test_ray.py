@@ -264,3 +264,21 @@ def test_sync_ray_mixture_equals_single_process(ray_local):
       None, progress=False)
   for a, b in zip(_leaves(single.state), _leaves(res.state)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.ray
+def test_object_store_theta_and_plain_calls_match_single_process(
+    ray_local, monkeypatch):
+  """A theta too large to travel inline goes through the object store for
+  plain calls and by value into the compiled graph; both paths give the
+  single-process theta."""
+  monkeypatch.setattr(D, "INLINE_THETA_BYTES", 0)
+  single = MetaTrainer(_cfg(outer_steps=3)).run(None, progress=False)
+  for compiled in (True, False):
+    trainer = D.RayMetaTrainer(_cfg(outer_steps=3), D.RayOptions(
+        workers=2, timeout_s=120, compiled_graph=compiled))
+    res = trainer.run(None, progress=False)
+    assert trainer.totals["graph_steps"] == (3 if compiled else 0)
+    assert trainer.totals["lost_estimates"] == 0
+    for a, b in zip(_leaves(single.state.theta), _leaves(res.state.theta)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
