@@ -384,7 +384,6 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
     runs: Dict[str, Any] = {}
     curves: Dict[str, np.ndarray] = {}
     sweep_curves: Dict[str, np.ndarray] = {}
-    sweep_lrs: Dict[str, tuple] = {}
     tuned_labels: List[str] = []
     eval_steps = None
     for (un, kind, spec, job, _), (res, hit) in zip(units, results):
@@ -409,7 +408,6 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
             from_cache=hit)
         curves[tr.label] = best.train_loss
         sweep_curves[tr.label] = full.train_loss
-        sweep_lrs[tr.label] = tuple(tr.lrs)
         tuned_labels.append(tr.label)
       else:
         eval_steps = res.eval_steps
@@ -430,7 +428,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
         speedup_objs.setdefault((spec.label, b), []).append(sp)
         speedups[spec.label][b] = sp.to_json() | {
             "baseline_lr": (None if sp.baseline_index is None
-                            else sweep_lrs[b][sp.baseline_index])}
+                            else runs[b]["lrs"][sp.baseline_index])}
     task_records[tname] = {
         "eval_steps": [int(x) for x in eval_steps],
         "runs": runs,

@@ -684,7 +684,12 @@ class RayMetaTrainer(MetaTrainer):
 
   def _timeout(self, refs: List[Any], what: str) -> DistributedTimeout:
     """The error for estimates ``refs`` that did not arrive in time."""
-    workers = sorted({self._inflight[r][0] for r in refs})
+    return self._timeout_of(sorted({self._inflight[r][0] for r in refs}),
+                            what)
+
+  def _timeout_of(self, workers: Sequence[int], what: str
+                  ) -> DistributedTimeout:
+    """The error for estimates of ``workers`` that did not arrive in time."""
     return DistributedTimeout(
         f"Ray: {what}: no estimate from worker(s) {workers} within "
         f"{self.options.timeout_s:g} s (stuck worker, or the cluster lacks "
@@ -800,11 +805,8 @@ class RayMetaTrainer(MetaTrainer):
       results = [ray.get(r, timeout=self.options.timeout_s) for r in refs]
     except (ray.exceptions.GetTimeoutError,
             ray.exceptions.RayChannelTimeoutError):
-      raise DistributedTimeout(
-          f"Ray: outer step {step}: no estimate from worker(s) "
-          f"{list(self._graph_workers)} within {self.options.timeout_s:g} s "
-          "(stuck worker, or the cluster lacks CPUs for the workers?); "
-          "raise the timeout with --ray-timeout.") from None
+      raise self._timeout_of(list(self._graph_workers),
+                             f"outer step {step}") from None
     except Exception as e:  # pylint: disable=broad-except
       # A worker died: Ray fails every output of the graph, also those of
       # workers that finished. Their estimates are lost; the step is redone.

@@ -14,26 +14,21 @@ mu_velo    :class:`VeLOLite` with ``mup=True``
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+from typing import Any, Dict, Tuple
 
 from lopt.rules.adam import LearnableAdam
 from lopt.rules.mlp import PerParamMLP
 from lopt.rules.sgd import LearnableSGD
 from lopt.rules.velo import VeLOLite
 
-_REGISTRY: Dict[str, Callable[..., Any]] = {
-    "sgd": LearnableSGD,
-    "adam": LearnableAdam,
-    "mlp": lambda **kw: PerParamMLP(mup=False, **kw),
-    "mu_mlp": lambda **kw: PerParamMLP(mup=True, **kw),
-    "velo": lambda **kw: VeLOLite(mup=False, **kw),
-    "mu_velo": lambda **kw: VeLOLite(mup=True, **kw),
-}
-
-
-_CLASSES: Dict[str, type] = {
-    "sgd": LearnableSGD, "adam": LearnableAdam, "mlp": PerParamMLP,
-    "mu_mlp": PerParamMLP, "velo": VeLOLite, "mu_velo": VeLOLite,
+# name -> (class, fixed constructor arguments).
+_REGISTRY: Dict[str, Tuple[type, Dict[str, Any]]] = {
+    "sgd": (LearnableSGD, {}),
+    "adam": (LearnableAdam, {}),
+    "mlp": (PerParamMLP, {"mup": False}),
+    "mu_mlp": (PerParamMLP, {"mup": True}),
+    "velo": (VeLOLite, {"mup": False}),
+    "mu_velo": (VeLOLite, {"mup": True}),
 }
 
 
@@ -41,7 +36,8 @@ def config_added(name: str) -> Dict[str, Any]:
   """Config keys that rule ``name`` gained after learned-optimizer files were
   first written, with the values that reproduce the older files' behaviour
   (``CONFIG_ADDED`` of the rule class; empty when none)."""
-  return dict(getattr(_CLASSES.get(name), "CONFIG_ADDED", {}))
+  cls = _REGISTRY[name][0] if name in _REGISTRY else None
+  return dict(getattr(cls, "CONFIG_ADDED", {}))
 
 
 def names() -> tuple[str, ...]:
@@ -58,7 +54,8 @@ def get(name: str, **config) -> Any:
   if name not in _REGISTRY:
     raise ValueError(f"Unknown learned-optimizer rule {name!r}; known rules: "
                      f"{', '.join(_REGISTRY)}.")
+  cls, fixed = _REGISTRY[name]
   try:
-    return _REGISTRY[name](**config)
+    return cls(**fixed, **config)
   except TypeError as e:
     raise ValueError(f"Bad config for rule {name!r}: {e}") from None
