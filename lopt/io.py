@@ -228,14 +228,18 @@ def read(name_or_path: Union[str, os.PathLike]) -> LoadedOptimizer:
     raise LearnedOptimizerFileError(
         f"{where} holds rule {rule_name!r}, which this lopt does not know "
         f"(known: {', '.join(rules_lib.names())}).")
-  if isinstance(rule_config, dict):
-    # A file written before the rule gained a config key behaves as the
-    # rule did then.
-    rule_config = {**rules_lib.config_added(rule_name), **rule_config}
+  if not isinstance(rule_config, dict):
+    raise LearnedOptimizerFileError(
+        f"{where} has a corrupted header: rule_config must be a JSON object, "
+        f"got {type(rule_config).__name__}.")
+  # A file written before the rule gained a config key behaves as the rule
+  # did then.
+  rule_config = {**rules_lib.config_added(rule_name), **rule_config}
   try:
     rule = rules_lib.get(rule_name, **rule_config)
-  except ValueError as e:
-    raise LearnedOptimizerFileError(f"{where}: {e}") from None
+  except (TypeError, ValueError) as e:
+    raise LearnedOptimizerFileError(
+        f"{where}: bad rule_config for rule {rule_name!r}: {e}") from None
 
   template = jax.eval_shape(rule.init_meta_params, jax.random.PRNGKey(0))
   t_paths, treedef = jax.tree_util.tree_flatten_with_path(template)

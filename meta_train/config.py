@@ -29,6 +29,11 @@ class MetaTrainConfig:
       several separated by commas (a YAML list also works): a mixture, one
       batch of ``num_tasks`` tasks per family every outer step
       (:class:`lopt.meta_train.estimators.Mixture`).
+    init_from: start theta from this learned-optimizer file (a path or a
+      shipped name such as ``mlp_digits``) instead of the rule's
+      initialisation -- fine-tuning a meta-trained optimizer on new tasks.
+      Its rule and rule config must equal ``rule`` / ``rule_config`` (the
+      file's provenance records what it was trained with). Empty: off.
   Gradient estimation (see :mod:`lopt.meta_train.estimators`):
     estimator: ``es_single``, ``pes``, ``truncated_es``, ``full_es``,
       ``tbptt``.
@@ -62,6 +67,7 @@ class MetaTrainConfig:
   rule: str = "mlp"
   rule_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
   task_family: str = "digits_mlp"
+  init_from: str = ""
 
   estimator: str = "es_single"
   num_tasks: int = 8
@@ -223,10 +229,30 @@ class MetaTrainConfig:
                       f" (known: {', '.join(lopt.tasks.list_families())})")
     elif len(set(names)) != len(names):
       problems.append(f"task family listed twice in {self.task_family!r}")
+    if self.init_from and not problems:
+      problem = self._init_from_problem()
+      if problem:
+        problems.append(problem)
     if problems:
       raise ConfigError("Invalid meta-training config: " +
                         "; ".join(problems) + ".")
     return self
+
+
+  def _init_from_problem(self) -> str:
+    """Why ``init_from`` cannot start this run ('' when it can)."""
+    import lopt
+    try:
+      loaded = lopt.read(self.init_from)
+    except (OSError, ValueError) as e:
+      return f"init_from {self.init_from!r} cannot be read: {e}"
+    rule = lopt.rules.get(self.rule, **self.rule_config)
+    if (loaded.rule.name, loaded.rule.config()) != (rule.name, rule.config()):
+      return (f"init_from {self.init_from!r} holds rule {loaded.rule.name!r} "
+              f"with config {loaded.rule.config()}, but this run meta-trains "
+              f"{rule.name!r} with config {rule.config()}; set rule and "
+              "rule_config to the file's")
+    return ""
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 
 from lopt.meta_train import estimators as estimators_lib
-from lopt.meta_train.config import MetaTrainConfig
+from lopt.meta_train.config import ConfigError, MetaTrainConfig
 from lopt.meta_train.inner import InnerTraining, train_curve
 
 PyTree = Any
@@ -177,9 +177,26 @@ class MetaTrainer:
 
   # -- pure pieces ----------------------------------------------------------
 
+  def initial_theta(self) -> PyTree:
+    """The rule's initial meta-parameters, or those of the learned-optimizer
+    file ``config.init_from`` (same rule and config, checked by
+    :meth:`MetaTrainConfig.validate`)."""
+    if not self.config.init_from:
+      return self.rule.init_meta_params(self._theta_key)
+    import lopt
+    loaded = lopt.read(self.config.init_from)
+    template = jax.eval_shape(self.rule.init_meta_params, self._theta_key)
+    if (jax.tree.structure(loaded.theta) != jax.tree.structure(template) or
+        any(a.shape != b.shape for a, b in zip(jax.tree.leaves(loaded.theta),
+                                                jax.tree.leaves(template)))):
+      raise ConfigError(
+          f"init_from {self.config.init_from!r}: its meta-parameters do not "
+          f"fit the rule {self.rule.name!r} of this run.")
+    return jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), loaded.theta,
+                        template)
+
   def init_state(self) -> TrainState:
-    theta = self.rule.init_meta_params(self._theta_key)
-    theta = jax.tree.map(jnp.asarray, theta)
+    theta = jax.tree.map(jnp.asarray, self.initial_theta())
     worker_state = self._init_worker(theta, self._worker_key)
     return TrainState(
         step=jnp.zeros([], jnp.int32), theta=theta,

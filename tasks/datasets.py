@@ -8,7 +8,11 @@ Every dataset here is available on any machine without a network:
 * ``mnist1d`` generated in-process with ``mnist1d.data.make_dataset`` and its
   default arguments (seed 42; never the downloading ``get_dataset``);
 * ``stdlib_text``: bytes of a fixed, sorted list of the running Python's own
-  standard-library ``.py`` files, for a character-level language model.
+  standard-library ``.py`` files, for a character-level language model;
+* ``synthetic_text``: English-like text generated in-process from a fixed
+  seed (made-up words with Zipf frequencies, a sparse word-level Markov
+  chain, punctuation), a second text corpus for the LMs that meta-training
+  sees, disjoint from the held-out ``stdlib_text``.
 
 Splits are disjoint by construction: the sklearn sets are permuted once with
 a fixed seed and cut 70 / 15 / 15; mnist1d keeps its own test set and uses the
@@ -256,9 +260,72 @@ def sample(key: jnp.ndarray, dataset: Dataset,
   return {"x": x, "y": jnp.take(arrays["y"], idx, axis=0)}
 
 
+#: Names of the text corpora (:func:`text`).
+TEXTS: tuple[str, ...] = ("stdlib", "synthetic")
+
+
 @functools.lru_cache(maxsize=None)
-def device_text(files: Sequence[str] = STDLIB_TEXT_FILES
-                ) -> Mapping[str, jnp.ndarray]:
-  """Device-resident int32 character codes ``{split: [n]}`` (memoised)."""
-  return {s: _to_device(v, jnp.int32)
-          for s, v in stdlib_text(tuple(files)).items()}
+def synthetic_text(num_words: int = 60_000, vocab: int = 400,
+                   successors: int = 8, seed: int = 0
+                   ) -> Mapping[str, np.ndarray]:
+  """English-like character codes generated from ``seed`` (memoised).
+
+  A lexicon of ``vocab`` made-up lower-case words (2 to 9 letters, drawn from
+  a letter distribution close to English's) with Zipf(1) frequencies; each
+  word may be followed by one of ``successors`` words drawn from those
+  frequencies (a sparse first-order Markov chain over words), and sentences
+  of 4 to 15 words start with a capital letter and end with ``.``, ``?`` or
+  ``!`` (sometimes a newline). So a character model has spelling, word
+  frequencies and word order to learn, as on natural text, but nothing here
+  comes from a file or the network. Cut into contiguous 80 / 10 / 10 train /
+  valid / test regions like :func:`stdlib_text`.
+  """
+  rng = np.random.default_rng(seed)
+  letters = np.frombuffer(b"etaoinshrdlcumwfgypbvkjxqz", np.uint8)
+  lp = 1.0 / np.arange(1, len(letters) + 1) ** 0.9
+  lp /= lp.sum()
+  lengths = rng.integers(2, 10, vocab)
+  words = [bytes(rng.choice(letters, n, p=lp)) for n in lengths]
+  freq = 1.0 / np.arange(1, vocab + 1)
+  freq /= freq.sum()
+  nxt = rng.choice(vocab, (vocab, successors), p=freq)
+  choice = rng.integers(0, successors, num_words)
+  sentence_len = rng.integers(4, 16, num_words)
+  ends = rng.choice(np.frombuffer(b"..........??!", np.uint8), num_words)
+  newline = rng.random(num_words) < 0.15
+  out, w, left = [], int(rng.choice(vocab, p=freq)), 0
+  for i in range(num_words):
+    if left == 0:                         # new sentence, new start word
+      left = int(sentence_len[i])
+      w = int(rng.choice(vocab, p=freq)) if i else w
+      word = words[w]
+      out.append(word[:1].upper() + word[1:])
+    else:
+      w = int(nxt[w, choice[i]])
+      out.append(words[w])
+    left -= 1
+    if left == 0:
+      out.append(bytes([ends[i]]) + (b"\n" if newline[i] else b" "))
+    else:
+      out.append(b" ")
+  codes = np.frombuffer(b"".join(out), np.uint8).copy()
+  n = len(codes)
+  a, b = int(0.8 * n), int(0.9 * n)
+  return {"train": _readonly(codes[:a]), "valid": _readonly(codes[a:b]),
+          "test": _readonly(codes[b:])}
+
+
+def text(name: str = "stdlib") -> Mapping[str, np.ndarray]:
+  """The text corpus ``name`` (:data:`TEXTS`): ``{split: uint8 codes}``."""
+  if name == "stdlib":
+    return stdlib_text()
+  if name == "synthetic":
+    return synthetic_text()
+  raise ValueError(f"Unknown text corpus {name!r}; known: {TEXTS}.")
+
+
+@functools.lru_cache(maxsize=None)
+def device_text(name: str = "stdlib") -> Mapping[str, jnp.ndarray]:
+  """Device-resident int32 character codes ``{split: [n]}`` of the text
+  corpus ``name`` (memoised)."""
+  return {s: _to_device(v, jnp.int32) for s, v in text(name).items()}

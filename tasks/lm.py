@@ -1,5 +1,7 @@
 """A small character-level transformer language model on the running
-Python's own standard-library sources (:func:`lopt.tasks.datasets.stdlib_text`).
+Python's own standard-library sources (:func:`lopt.tasks.datasets.stdlib_text`,
+the default) or on generated English-like text
+(:func:`lopt.tasks.datasets.synthetic_text`, ``text="synthetic"``).
 
 Pre-LayerNorm decoder: ``h = E[tokens] + P``; for each block
 ``h += Attn(LN(h))``, ``h += MLP(LN(h))`` with causal multi-head attention
@@ -42,13 +44,15 @@ class CharTransformerLM(Task):
     activation: MLP activation (name or index, may be traced).
     init_scale: multiplies every initial weight (may be traced).
     parametrization: ``"standard"`` or ``"mup"``.
+    text: the corpus, ``"stdlib"`` or ``"synthetic"``
+      (:data:`lopt.tasks.datasets.TEXTS`).
   """
 
   def __init__(self, d_model: int = 64, num_heads: int = 4,
                num_layers: int = 2, seq_len: int = 32, batch_size: int = 16,
                activation: Union[str, Scalar] = "gelu",
                init_scale: Scalar = 1.0, parametrization: str = "standard",
-               name: Optional[str] = None):
+               name: Optional[str] = None, text: str = "stdlib"):
     for arg, v in (("d_model", d_model), ("num_heads", num_heads),
                    ("num_layers", num_layers), ("seq_len", seq_len),
                    ("batch_size", batch_size)):
@@ -64,8 +68,11 @@ class CharTransformerLM(Task):
     self.parametrization = mup.check_parametrization(parametrization)
     self.activation = common.activation_index(activation)
     self.init_scale = init_scale
-    self.dataset = "stdlib_text"
-    self._text = datasets.device_text()
+    if text not in datasets.TEXTS:
+      raise ValueError(f"Unknown text corpus {text!r}; known: "
+                       f"{datasets.TEXTS}.")
+    self.dataset = f"{text}_text"
+    self._text = datasets.device_text(text)
     for split, t in self._text.items():
       if t.shape[0] < self.seq_len + 2:
         raise ValueError(f"The {split} text split has {t.shape[0]} "
@@ -169,10 +176,11 @@ class CharLMFamily(TaskFamily):
                                                          "silu"),
                init_scale_range: tuple[float, float] = (0.5, 2.0),
                parametrization: str = "standard",
-               name: Optional[str] = None):
+               name: Optional[str] = None, text: str = "stdlib"):
     self.kwargs = dict(d_model=d_model, num_heads=num_heads,
                        num_layers=num_layers, seq_len=seq_len,
-                       batch_size=batch_size, parametrization=parametrization)
+                       batch_size=batch_size, parametrization=parametrization,
+                       text=text)
     self.activations = tuple(common.activation_index(a) for a in activations)
     self.init_scale_range = tuple(float(v) for v in init_scale_range)
     self.name = name or "char_lm"

@@ -8,11 +8,13 @@ Split (see :data:`META_TRAIN_FAMILIES` and :data:`HELDOUT_TASKS`):
 
 * meta-training: quadratics (noiseless and noisy), linear and logistic
   regression, MLPs on digits and iris with one or two hidden layers of at most
-  32 units (batch 16 to 128, optional label noise), and muP MLPs on digits of
-  width 32 and 64;
+  32 units (batch 16 to 128, optional label noise), muP MLPs on digits of
+  width 32 and 64, and a one-block width-32 character transformer on
+  generated text (``synth_lm``);
 * held-out: datasets never seen in meta-training (wine, breast_cancer,
   mnist1d, stdlib text), larger / deeper digits MLPs (2 x 128, 4 x 64), other
-  architectures (conv net, autoencoder, transformer LMs) and wider muP MLPs
+  architectures (conv net, autoencoder), larger transformer LMs on the stdlib
+  text (two blocks; width 64, and muP widths 32 and 128) and wider muP MLPs
   (256, 1024) for width transfer.
 
 Tasks on MNIST / Fashion-MNIST / CIFAR-10 files (:data:`FILE_TASKS`) need the
@@ -142,6 +144,11 @@ _BUILTIN_FAMILIES: Dict[str, Callable[[], TaskFamily]] = {
         "iris", (16,), 16, name="iris_mlp"),
     "mup_mlp_w32": lambda: mup.mup_mlp_family(32),
     "mup_mlp_w64": lambda: mup.mup_mlp_family(64),
+    # A one-block character transformer on generated text (the held-out LMs
+    # are larger and read the stdlib sources).
+    "synth_lm": lambda: CharLMFamily(
+        d_model=32, num_heads=2, num_layers=1, seq_len=16, batch_size=8,
+        text="synthetic", name="synth_lm"),
     # held-out
     "wine_mlp": lambda: MLPClassifierFamily(
         "wine", (32,), 16, name="wine_mlp"),
@@ -192,7 +199,8 @@ META_TRAIN_FAMILIES: tuple[str, ...] = (
     "quadratic", "quadratic_noisy", "linear_regression",
     "logistic_regression", "digits_mlp", "digits_mlp_b128",
     "digits_mlp_2layer", "digits_mlp_noisy", "digits_mlp_w64",
-    "digits_mlp_3layer", "iris_mlp", "mup_mlp_w32", "mup_mlp_w64")
+    "digits_mlp_3layer", "iris_mlp", "mup_mlp_w32", "mup_mlp_w64",
+    "synth_lm")
 
 #: Held-out tasks for evaluation: new datasets, larger widths / depths, new
 #: architectures. None of them is produced by a meta-training family.

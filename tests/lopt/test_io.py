@@ -145,6 +145,19 @@ def test_wrong_rule_shapes(saved):
     lopt.read(saved)
 
 
+@pytest.mark.parametrize("rule_config, match", [
+    ([4], "rule_config must be a JSON object, got list"),
+    ({"no_such_key": 1}, "bad rule_config for rule 'mlp'.*no_such_key"),
+    ({"hidden_sizes": [0]}, "bad rule_config.*hidden_sizes must be positive"),
+])
+def test_bad_rule_config_in_header(saved, rule_config, match):
+  header, payload = _header_and_payload(saved)
+  header["rule_config"] = rule_config
+  _write(saved, header, payload)
+  with pytest.raises(lopt.LearnedOptimizerFileError, match=match):
+    lopt.read(saved)
+
+
 def test_missing_file_and_unknown_name():
   with pytest.raises(FileNotFoundError, match="shipped"):
     lopt.read("definitely_not_shipped_optimizer")

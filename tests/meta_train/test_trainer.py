@@ -177,6 +177,43 @@ def test_config_file_overrides_and_errors(tmp_path):
       load_config(None, bad)
 
 
+def test_init_from_starts_at_the_file_theta(tmp_path):
+  rule = lopt.rules.get("adam")
+  theta = jax.tree.map(lambda x: x + 0.25,
+                       rule.init_meta_params(jax.random.PRNGKey(3)))
+  path = lopt.save(tmp_path / "start.lopt", rule, theta)
+  trainer = MetaTrainer(_tiny(init_from=str(path)).validate())
+  state = trainer.init_state()
+  _assert_same(state.theta, theta)
+  _assert_same(state.best_theta, theta)
+  fresh = MetaTrainer(_tiny()).init_state()
+  assert not np.array_equal(_leaves(fresh.theta)[0], _leaves(theta)[0])
+  # The run records where it started; the first update moves away from it.
+  state, _ = trainer.step_fn(state)
+  assert trainer.provenance()["config"]["init_from"] == str(path)
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(_leaves(state.theta), _leaves(theta)))
+
+
+def test_init_from_errors_before_work(tmp_path):
+  with pytest.raises(ConfigError, match="init_from 'no_such_optimizer' "
+                     "cannot be read"):
+    _tiny(init_from="no_such_optimizer").validate()
+  rule = lopt.rules.get("sgd")
+  path = lopt.save(tmp_path / "sgd.lopt", rule,
+                   rule.init_meta_params(jax.random.PRNGKey(0)))
+  with pytest.raises(ConfigError, match="holds rule 'sgd'.*this run "
+                     "meta-trains 'adam'"):
+    _tiny(init_from=str(path)).validate()
+  with pytest.raises(ConfigError, match="set rule and rule_config"):
+    _tiny(rule="sgd", rule_config={"initial_lr": 0.5},
+          init_from=str(path)).validate()
+  # A shipped name resolves (and its rule must match too).
+  with pytest.raises(ConfigError, match="holds rule 'mlp'"):
+    _tiny(init_from="mlp_digits").validate()
+  _tiny(rule="mlp", init_from="mlp_digits").validate()
+
+
 def test_schedule_warmup_cosine():
   tr_cfg = _tiny(schedule="cosine", warmup_steps=4, outer_steps=20,
                  learning_rate=1e-2, final_lr_fraction=0.1)

@@ -85,6 +85,38 @@ def test_stdlib_text_regions_are_contiguous_and_disjoint():
     assert row.tobytes() in valid
 
 
+def test_synthetic_text_is_deterministic_text_like_and_split():
+  text = datasets.synthetic_text()
+  again = datasets.synthetic_text.__wrapped__()       # regenerated, no memo
+  for s in tasks.SPLITS:
+    np.testing.assert_array_equal(text[s], again[s])
+    assert len(text[s]) > 10_000
+  full = np.concatenate([text[s] for s in tasks.SPLITS]).tobytes()
+  assert max(full) < datasets.TEXT_VOCAB_SIZE
+  words = full.replace(b"\n", b" ").split()
+  # Sentences: capitalised starts, punctuation ends; a small Zipf lexicon.
+  assert sum(w[-1:] in (b".", b"?", b"!") for w in words) > len(words) / 20
+  assert all(w.strip(b".?!").isalpha() for w in words)
+  counts = sorted(np.unique([w.strip(b".?!").lower() for w in words],
+                            return_counts=True)[1])[::-1]
+  assert len(counts) <= 400 and counts[0] > 10 * counts[len(counts) // 2]
+  # Different from the held-out stdlib corpus, and the LM reads it.
+  assert b"def " not in full
+  lm = tasks.get("synth_lm")
+  assert lm.dataset == "synthetic_text"
+  batch = lm.sample_batch(jax.random.PRNGKey(0), "valid")
+  for row in np.asarray(batch["tokens"]).astype(np.uint8):
+    assert row.tobytes() in text["valid"].tobytes()
+
+
+def test_unknown_text_corpus():
+  with pytest.raises(ValueError, match="Unknown text corpus 'poems'"):
+    datasets.text("poems")
+  from lopt.tasks.lm import CharTransformerLM
+  with pytest.raises(ValueError, match="known: \\('stdlib', 'synthetic'\\)"):
+    CharTransformerLM(text="poems")
+
+
 def test_batches_come_from_their_split():
   task = tasks.get("wine_mlp")
   ds = datasets.load("wine")
