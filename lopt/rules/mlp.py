@@ -199,7 +199,14 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
   n = math.prod(shape)
   sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]   # [K, n']
   rv = jax.lax.rsqrt(sample(ls.v[None]) + _EPS)
-  if _factored(shape):
+  if _factored(shape) and stride == 1:
+    # Every element: the outer products of the row and column factors,
+    # broadcast (the same products as the gathers below, without them).
+    r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row, ls.col)
+    outer = lambda a, b: (a[..., :, None] * b[..., None, :]).reshape(3, -1)
+    vh = outer(r, c_vhat)
+    rs = outer(r_rs, c_rs)
+  elif _factored(shape):
     # The row / column factors at the sampled elements, gathered from the
     # small [3, rows] / [3, cols] arrays with static indices: nothing of the
     # tensor's full size is computed (a stride that does not divide the
