@@ -46,6 +46,9 @@ class MetaTrainConfig:
     loss_clip: clip the normalised per-step loss (0: off); when on, a
       non-finite step also counts as ``loss_clip`` in the ES estimates
       (diverging is penalised, not dropped).
+    loss_weighting: ``uniform`` (every inner step counts the same) or
+      ``linear`` (step t of an episode of length T weighted 2 (t + 1/2) / T,
+      emphasising the end of training).
     tbptt_clip: global-norm clip of each TBPTT estimate (0: off).
   Outer optimizer (optax Adam):
     outer_steps, learning_rate, b1, b2, clip_norm (global norm, 0: off),
@@ -80,6 +83,7 @@ class MetaTrainConfig:
   meta_loss: str = "train"
   log_loss: bool = False
   loss_clip: float = 0.0
+  loss_weighting: str = "uniform"
   tbptt_clip: float = 1.0
 
   outer_steps: int = 1000
@@ -204,6 +208,9 @@ class MetaTrainConfig:
     if self.ray_mode not in ("sync", "async"):
       problems.append(f"ray_mode must be 'sync' or 'async' (got "
                       f"{self.ray_mode!r})")
+    if self.loss_weighting not in ("uniform", "linear"):
+      problems.append(f"loss_weighting must be 'uniform' or 'linear' (got "
+                      f"{self.loss_weighting!r})")
     if self.meta_loss not in ("train", "valid"):
       problems.append(f"meta_loss must be 'train' or 'valid' (got "
                       f"{self.meta_loss!r})")

@@ -11,6 +11,10 @@ per-step meta-loss::
     L_t = normalize(valid_loss(params_{t+1}))    meta_loss="valid"
     L_t = log(normalize(...))                    log_loss=True
 
+and the estimators weight step ``t`` of an episode of length ``T`` by
+``step_weight(t, T)``: 1 (``loss_weighting="uniform"``) or ``2 (t + 1/2) / T``
+(``"linear"``, emphasising the end of training).
+
 ``normalize`` is the task's own normaliser (``task.normalize_loss``; for
 classifiers, chance level ~ 1) so tasks of a family are on one scale.
 Horizons are log-uniform integers in ``[horizon_min, horizon_max]``. Each
@@ -31,6 +35,7 @@ PyTree = Any
 Array = jax.Array
 
 META_LOSSES = ("train", "valid")
+LOSS_WEIGHTINGS = ("uniform", "linear")
 
 
 class InnerState(NamedTuple):
@@ -64,6 +69,12 @@ class InnerTraining:
       counts as ``loss_clip`` in the ES estimates (:attr:`nonfinite_loss`),
       so a diverging optimizer pays the worst clipped loss instead of
       dropping out of the estimate.
+    loss_weighting: how the steps of an episode count in the meta-loss
+      (:meth:`step_weight`): ``"uniform"`` (the mean loss over training) or
+      ``"linear"`` (step ``t`` of ``T`` weighted ``2 (t + 1/2) / T``, mean 1
+      over the episode: later steps count more, so the meta-objective moves
+      toward the loss at the end of training, which is what a user -- and
+      the held-out speedup -- measures).
   """
 
   rule: Any
@@ -73,6 +84,7 @@ class InnerTraining:
   meta_loss: str = "train"
   log_loss: bool = False
   loss_clip: float = 0.0
+  loss_weighting: str = "uniform"
 
   def __post_init__(self):
     if not 1 <= int(self.horizon_min) <= int(self.horizon_max):
@@ -84,6 +96,9 @@ class InnerTraining:
                        f"{self.meta_loss!r}.")
     if self.loss_clip < 0:
       raise ValueError(f"loss_clip must be >= 0, got {self.loss_clip}.")
+    if self.loss_weighting not in LOSS_WEIGHTINGS:
+      raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, "
+                       f"got {self.loss_weighting!r}.")
     # Build one task eagerly so that datasets the family memoises as device
     # arrays are created outside any jit trace (else they could leak tracers).
     with jax.ensure_compile_time_eval():
@@ -93,6 +108,14 @@ class InnerTraining:
   def nonfinite_loss(self):
     """Meta-loss charged for a non-finite step (None: leave it out)."""
     return float(self.loss_clip) if self.loss_clip else None
+
+  def step_weight(self, t: Array, horizon: Array) -> Array:
+    """Weight of the meta-loss of step ``t`` (0-based) of an episode of
+    length ``horizon`` (see ``loss_weighting``)."""
+    if self.loss_weighting == "linear":
+      return 2.0 * (jnp.asarray(t, jnp.float32) + 0.5) / jnp.maximum(
+          jnp.asarray(horizon, jnp.float32), 1.0)
+    return jnp.ones(jnp.shape(t), jnp.float32)
 
   @property
   def max_horizon(self) -> int:

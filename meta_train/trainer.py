@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from lopt.meta_train import estimators as estimators_lib
+from lopt.meta_train import unroll as U
 from lopt.meta_train.config import ConfigError, MetaTrainConfig
 from lopt.meta_train.inner import InnerTraining, train_curve
 
@@ -84,6 +85,15 @@ def build_optimizer(config: MetaTrainConfig
     parts.append(optax.clip_by_global_norm(config.clip_norm))
   parts.append(optax.adam(schedule, b1=config.b1, b2=config.b2))
   return optax.chain(*parts), schedule
+
+
+def _steps_of(num_steps: int) -> "U.Episode":
+  """The steps ``0..num_steps-1`` of one episode of length ``num_steps``, as
+  the (partial) :class:`~lopt.meta_train.unroll.Episode` that
+  :func:`~lopt.meta_train.unroll.step_weights` reads."""
+  t = jnp.arange(num_steps, dtype=jnp.int32)
+  return U.Episode(task_key=None, task_index=None, particle=None, episode=None,
+                   t=t, horizon=jnp.full_like(t, num_steps), bad=None)
 
 
 def _all_finite(tree: PyTree) -> Array:
@@ -147,7 +157,8 @@ class MetaTrainer:
     self.systems = [
         InnerTraining(self.rule, fam, config.horizon_min, config.horizon_max,
                       meta_loss=config.meta_loss, log_loss=config.log_loss,
-                      loss_clip=config.loss_clip)
+                      loss_clip=config.loss_clip,
+                      loss_weighting=config.loss_weighting)
         for fam in self.families]
     self.system = self.systems[0]
     kwargs = dict(num_tasks=config.num_tasks,
@@ -266,17 +277,19 @@ class MetaTrainer:
   def evaluate_theta(self, theta: PyTree) -> Array:
     """Mean normalised training loss of ``eval_tasks`` fixed fresh tasks of
     the family (of each family, then averaged over families) trained
-    ``eval_steps`` steps with theta (deterministic)."""
+    ``eval_steps`` steps with theta (deterministic), the steps weighted as
+    in the meta-loss (``loss_weighting``)."""
     cfg = self.config
     keys = jax.random.split(self._eval_key, cfg.eval_tasks)
     per_family = []
-    for fam in self.families:
+    for fam, system in zip(self.families, self.systems):
+      weights = U.step_weights(system, _steps_of(cfg.eval_steps))
 
-      def one(key, fam=fam):
+      def one(key, fam=fam, weights=weights):
         k_cfg, k_run = jax.random.split(key)
         task = fam.task(fam.sample(k_cfg))
         losses = train_curve(self.rule, theta, task, cfg.eval_steps, k_run)
-        return jnp.mean(task.normalize_loss(losses))
+        return jnp.mean(weights * task.normalize_loss(losses))
 
       vals = jax.vmap(one)(keys)
       per_family.append(jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9)))

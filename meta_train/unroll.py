@@ -64,6 +64,10 @@ class UnrollSystem(Protocol):
   # estimators count a non-finite step loss as this value (the problem still
   # resets), so that diverging is penalised instead of dropping out of the
   # estimate; when absent or None such steps are left out.
+  #
+  # Optional method ``step_weight(t, horizon) -> Array``: the weight of the
+  # meta-loss of step ``t`` (0-based) of an episode of length ``horizon``;
+  # the estimators weight each step's loss by it (absent: 1, a plain mean).
 
 
 class Episode(NamedTuple):
@@ -252,6 +256,15 @@ def episode_noise(ep: Episode, theta: PyTree, std: float) -> PyTree:
   return jax.vmap(
       lambda k, e, p: gaussian_like(noise_key(episode_key(k, e), p), theta,
                                     std))(ep.task_key, ep.episode, ep.particle)
+
+
+def step_weights(system: UnrollSystem, ep: Episode) -> Array:
+  """Per-particle weight of the current step's meta-loss (1 without
+  ``system.step_weight``)."""
+  fn = getattr(system, "step_weight", None)
+  if fn is None:
+    return jnp.ones(ep.t.shape, jnp.float32)
+  return jnp.asarray(fn(ep.t, ep.horizon), jnp.float32)
 
 
 def needs_reset(ep: Episode) -> Array:

@@ -204,6 +204,7 @@ def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
     step = jax.vmap(jax.vmap(system.step), in_axes=(0, 0, None))
     new_inner, loss = step(theta_pm, c.inner, keys)
     lp, lm = loss[0], loss[1]
+    w = U.step_weights(system, c.ep)
     finite = jnp.isfinite(lp) & jnp.isfinite(lm)
     if penalty is None:       # a non-finite step is left out of the estimate
       ok = finite & active
@@ -211,13 +212,13 @@ def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
       lp = jnp.where(jnp.isfinite(lp), lp, penalty)
       lm = jnp.where(jnp.isfinite(lm), lm, penalty)
       ok = active
-    d = jnp.where(ok, lp - lm, 0.0).astype(jnp.float32)
+    d = jnp.where(ok, w * (lp - lm), 0.0).astype(jnp.float32)
     c = c._replace(
         ep=c.ep._replace(t=c.ep.t + 1,
                          bad=jnp.where(active, ~finite, c.ep.bad)),
         inner=new_inner,
         gsum=U.tree_axpy(d, c.credit, c.gsum),
-        loss_sum=c.loss_sum + jnp.where(ok, 0.5 * (lp + lm), 0.0),
+        loss_sum=c.loss_sum + jnp.where(ok, 0.5 * w * (lp + lm), 0.0),
         counted=c.counted + ok.astype(jnp.int32),
         nonfinite=c.nonfinite + (active & ~finite).astype(jnp.int32))
     return c, None

@@ -296,3 +296,53 @@ def test_inner_training_charges_loss_clip_for_nonfinite_steps():
   rule = lopt.rules.get("sgd")
   assert InnerTraining(rule, fam).nonfinite_loss is None
   assert InnerTraining(rule, fam, loss_clip=3.0).nonfinite_loss == 3.0
+
+
+class _LateWeighted(InfluenceBalancing):
+  """Influence balancing whose step ``t`` of ``T`` counts ``2 (t + 1/2) / T``
+  (InnerTraining's ``loss_weighting="linear"``)."""
+
+  def step_weight(self, t, horizon):
+    return 2.0 * (t.astype(jnp.float32) + 0.5) / horizon.astype(jnp.float32)
+
+  def weighted_total_loss(self, theta, num_steps):
+    def body(carry, _):
+      s, t = carry
+      s = jnp.where(t >= self.horizon, jnp.ones_like(s), s)
+      t = jnp.where(t >= self.horizon, 0, t)
+      s, loss = self.step(theta, s, None)
+      return (s, t + 1), self.step_weight(t, jnp.int32(self.horizon)) * loss
+
+    init = (jnp.ones([self.dim], jnp.float32), jnp.int32(0))
+    return jnp.sum(jax.lax.scan(body, init, None, length=num_steps)[1])
+
+
+@pytest.mark.parametrize("name", ["es_single", "pes"])
+def test_step_weights_are_estimated_without_bias(true_grad, name):
+  system = _LateWeighted(horizon=HORIZON)
+  theta = system.init_meta_params(None)
+  weighted = float(jax.grad(lambda th: system.weighted_total_loss(
+      th, K * NUM_TRUNCS))(theta)["theta"])
+  est = E.get(name, system, num_tasks=1, trunc_length=K, std=STD,
+              random_offsets=False, reduce="sum")
+  g = _summed_estimates(est, system, NUM_TRUNCS)
+  mean, se = g.mean(), g.std() / np.sqrt(len(g))
+  assert abs(mean - weighted) < 4 * se, (name, mean, weighted, se)
+  # The weighting changes the objective measurably.
+  assert abs(mean - true_grad) > 10 * se, (name, mean, true_grad, se)
+
+
+def test_inner_training_step_weights():
+  import lopt
+  import lopt.tasks
+  from lopt.meta_train.inner import InnerTraining
+  rule, fam = lopt.rules.get("sgd"), lopt.tasks.get_family("digits_mlp")
+  t = jnp.arange(40)
+  uniform = InnerTraining(rule, fam).step_weight(t, jnp.int32(40))
+  np.testing.assert_array_equal(uniform, np.ones(40, np.float32))
+  linear = InnerTraining(rule, fam, loss_weighting="linear").step_weight(
+      t, jnp.int32(40))
+  assert np.all(np.diff(np.asarray(linear)) > 0)
+  np.testing.assert_allclose(float(jnp.mean(linear)), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="loss_weighting must be one of"):
+    InnerTraining(rule, fam, loss_weighting="late")

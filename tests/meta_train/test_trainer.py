@@ -172,7 +172,8 @@ def test_config_file_overrides_and_errors(tmp_path):
                    (["horizon_min=50", "horizon_max=10"], "horizon_min"),
                    (["trunc_length=abc"], "expects int"),
                    (["colour=red"], "Unknown config field"),
-                   (["rule_config={bogus: 1}"], "bad rule_config")]:
+                   (["rule_config={bogus: 1}"], "bad rule_config"),
+                   (["loss_weighting=late"], "loss_weighting must be")]:
     with pytest.raises(ConfigError, match=msg):
       load_config(None, bad)
 
