@@ -208,8 +208,9 @@ class MetaTrainConfig:
     if self.ray_mode not in ("sync", "async"):
       problems.append(f"ray_mode must be 'sync' or 'async' (got "
                       f"{self.ray_mode!r})")
-    if self.loss_weighting not in ("uniform", "linear"):
-      problems.append(f"loss_weighting must be 'uniform' or 'linear' (got "
+    from lopt.meta_train.inner import LOSS_WEIGHTINGS
+    if self.loss_weighting not in LOSS_WEIGHTINGS:
+      problems.append(f"loss_weighting must be one of {LOSS_WEIGHTINGS} (got "
                       f"{self.loss_weighting!r})")
     if self.meta_loss not in ("train", "valid"):
       problems.append(f"meta_loss must be 'train' or 'valid' (got "
@@ -244,7 +245,6 @@ class MetaTrainConfig:
       raise ConfigError("Invalid meta-training config: " +
                         "; ".join(problems) + ".")
     return self
-
 
   def _init_from_problem(self) -> str:
     """Why ``init_from`` cannot start this run ('' when it can)."""

@@ -87,15 +87,6 @@ def build_optimizer(config: MetaTrainConfig
   return optax.chain(*parts), schedule
 
 
-def _steps_of(num_steps: int) -> "U.Episode":
-  """The steps ``0..num_steps-1`` of one episode of length ``num_steps``, as
-  the (partial) :class:`~lopt.meta_train.unroll.Episode` that
-  :func:`~lopt.meta_train.unroll.step_weights` reads."""
-  t = jnp.arange(num_steps, dtype=jnp.int32)
-  return U.Episode(task_key=None, task_index=None, particle=None, episode=None,
-                   t=t, horizon=jnp.full_like(t, num_steps), bad=None)
-
-
 def _all_finite(tree: PyTree) -> Array:
   leaves = jax.tree.leaves(tree)
   if not leaves:
@@ -282,8 +273,9 @@ class MetaTrainer:
     cfg = self.config
     keys = jax.random.split(self._eval_key, cfg.eval_tasks)
     per_family = []
+    t = jnp.arange(cfg.eval_steps, dtype=jnp.int32)
     for fam, system in zip(self.families, self.systems):
-      weights = U.step_weights(system, _steps_of(cfg.eval_steps))
+      weights = U.step_weights(system, t, jnp.full_like(t, cfg.eval_steps))
 
       def one(key, fam=fam, weights=weights):
         k_cfg, k_run = jax.random.split(key)

@@ -258,13 +258,13 @@ def episode_noise(ep: Episode, theta: PyTree, std: float) -> PyTree:
                                     std))(ep.task_key, ep.episode, ep.particle)
 
 
-def step_weights(system: UnrollSystem, ep: Episode) -> Array:
-  """Per-particle weight of the current step's meta-loss (1 without
-  ``system.step_weight``)."""
+def step_weights(system: UnrollSystem, t: Array, horizon: Array) -> Array:
+  """Weights of the meta-losses of steps ``t`` of episodes of length
+  ``horizon`` (1 without ``system.step_weight``)."""
   fn = getattr(system, "step_weight", None)
   if fn is None:
-    return jnp.ones(ep.t.shape, jnp.float32)
-  return jnp.asarray(fn(ep.t, ep.horizon), jnp.float32)
+    return jnp.ones(jnp.shape(t), jnp.float32)
+  return jnp.asarray(fn(t, horizon), jnp.float32)
 
 
 def needs_reset(ep: Episode) -> Array:

@@ -204,7 +204,7 @@ def antithetic_unroll(system: U.UnrollSystem, theta: PyTree, ep: U.Episode,
     step = jax.vmap(jax.vmap(system.step), in_axes=(0, 0, None))
     new_inner, loss = step(theta_pm, c.inner, keys)
     lp, lm = loss[0], loss[1]
-    w = U.step_weights(system, c.ep)
+    w = U.step_weights(system, c.ep.t, c.ep.horizon)
     finite = jnp.isfinite(lp) & jnp.isfinite(lm)
     if penalty is None:       # a non-finite step is left out of the estimate
       ok = finite & active

@@ -62,7 +62,8 @@ class TBPTT(base.EstimatorBase):
       inner, loss = jax.vmap(system.step)(theta_p, inner, U.step_keys(ep))
       finite = jnp.isfinite(loss)
       ok = finite & active
-      safe = jnp.where(ok, U.step_weights(system, ep) * loss, 0.0)
+      w = U.step_weights(system, ep.t, ep.horizon)
+      safe = jnp.where(ok, w * loss, 0.0)
       ep = ep._replace(t=ep.t + 1, bad=jnp.where(active, ~finite, ep.bad))
       return (ep, inner, avail & ~use, resets + use.astype(jnp.int32),
               loss_sum + safe, counted + ok.astype(jnp.int32),
