@@ -50,6 +50,10 @@ DEFAULT_LR_GRIDS: Dict[str, Tuple[float, float]] = {
 }
 
 
+#: File stems of the learned optimizers ``lopt meta-train`` exports.
+EXPORT_STEMS: Tuple[str, ...] = ("best", "final")
+
+
 def lr_grid(name: str, num: int = 7,
             bounds: Optional[Tuple[float, float]] = None) -> Tuple[float, ...]:
   """Log-spaced learning rates ``lo * (hi/lo)^(i/(num-1))``, i = 0..num-1
@@ -99,10 +103,15 @@ class OptimizerSpec:
   @property
   def label(self) -> str:
     """Short display name (table columns, plot legends): the file stem of a
-    learned optimizer; a baseline with only its non-default values."""
+    learned optimizer (with its folder for the ``best`` / ``final`` files
+    that ``lopt meta-train`` writes, e.g. ``runs/x/best.lopt`` -> ``x/best``,
+    so that two runs' files can be compared); a baseline with only its
+    non-default values."""
     if self.kind == "learned":
       base = os.path.basename(self.name)
-      return base[:-5] if base.endswith(".lopt") else base
+      stem = base[:-5] if base.endswith(".lopt") else base
+      folder = os.path.basename(os.path.dirname(os.path.normpath(self.name)))
+      return f"{folder}/{stem}" if stem in EXPORT_STEMS and folder else stem
     if self.kind == "baseline":
       defaults = BASELINES[self.name]
       given = [(k, v) for k, v in self.hparams if defaults.get(k) != v]

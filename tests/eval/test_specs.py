@@ -28,6 +28,10 @@ def test_parse_rule_and_learned():
   assert s.kind == "rule" and s.name == "mlp" and s.hp == {"hidden": 8}
   s = specs.parse_optimizer("some/dir/my_opt.lopt")
   assert s.kind == "learned" and s.label == "my_opt"
+  # A run's exports are named by their run folder, so runs can be compared.
+  assert specs.parse_optimizer("runs/a/best.lopt").label == "a/best"
+  assert specs.parse_optimizer("runs/b/final.lopt").label == "b/final"
+  assert specs.parse_optimizer("best.lopt").label == "best"
   assert specs.parse_optimizer("mlp_digits").kind == "learned"
 
 
