@@ -1,4 +1,4 @@
-"""On-disk cache of baseline runs, and atomic file writes.
+"""On-disk cache of baseline runs (written atomically, :mod:`lopt.files`).
 
 A cache entry is one ``.npz`` file holding the arrays of a
 :class:`~lopt.eval.runner.RunResult` plus a JSON ``meta`` string. Its name is
@@ -11,17 +11,16 @@ recomputation, delete the directory or pass ``cache_dir=None``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
 import os
-import tempfile
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 import jax
 import numpy as np
 
+from lopt import files
 from lopt.eval.runner import RunResult
 
 CACHE_VERSION = 1
@@ -32,36 +31,6 @@ def default_cache_dir() -> str:
   return os.environ.get(
       "LOPT_CACHE_DIR",
       os.path.join(os.path.expanduser("~"), ".cache", "lopt", "eval"))
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb") -> Iterator[Any]:
-  """Opens a temp file next to ``path``; on success renames it over
-  ``path`` (``os.replace``, atomic on POSIX), on error removes it."""
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix="." + os.path.basename(path),
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(OSError):
-      os.remove(tmp)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  with atomic_open(path, "w") as f:
-    f.write(text)
-
-
-def write_bytes(path: str, data: bytes) -> None:
-  with atomic_open(path, "wb") as f:
-    f.write(data)
 
 
 def task_fingerprint(task) -> Dict[str, Any]:
@@ -112,7 +81,7 @@ def save(path: str, result: RunResult, meta: Mapping[str, Any]) -> None:
   arrays["meta"] = np.asarray(json.dumps(info, sort_keys=True, default=str))
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  write_bytes(path, buf.getvalue())
+  files.write_bytes(path, buf.getvalue())
 
 
 def load(path: str) -> Optional[tuple]:

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from lopt.eval import cache as cache_lib
+from lopt import files
 
 
 def _clean(x: Any) -> Any:
@@ -35,7 +35,7 @@ def _clean(x: Any) -> Any:
 
 
 def write_json(record: Dict[str, Any], path: str) -> str:
-  cache_lib.write_text(path, json.dumps(_clean(record), allow_nan=False,
+  files.write_text(path, json.dumps(_clean(record), allow_nan=False,
                                         separators=(",", ":")) + "\n")
   return path
 
@@ -158,7 +158,7 @@ def _figure(w: float, h: float):
 def _save_png(fig, path: str) -> str:
   buf = io.BytesIO()
   fig.savefig(buf, format="png", bbox_inches="tight")
-  cache_lib.write_bytes(path, buf.getvalue())
+  files.write_bytes(path, buf.getvalue())
   return path
 
 
@@ -298,7 +298,7 @@ def write_all(record: Dict[str, Any], out_dir: str, plots: bool = True,
       "json": write_json(record, os.path.join(out_dir, "results.json")),
   }
   md = markdown(record)
-  cache_lib.write_text(os.path.join(out_dir, "results.md"), md)
+  files.write_text(os.path.join(out_dir, "results.md"), md)
   paths["markdown"] = os.path.join(out_dir, "results.md")
   if plots:
     paths["curves"] = [

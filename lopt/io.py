@@ -26,7 +26,6 @@ import importlib.resources
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lopt import files
 
 PyTree = Any
 
@@ -129,19 +130,7 @@ def save(path: Union[str, os.PathLike], rule: Any, theta: PyTree,
   blob = MAGIC + struct.pack("<Q", len(head)) + head + payload
 
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp",
-                             dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(blob)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  files.write_bytes(path, blob)
   return path
 
 

@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lopt import files
 from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train import unroll as U
 from lopt.meta_train.config import ConfigError, MetaTrainConfig
@@ -96,20 +96,6 @@ def _all_finite(tree: PyTree) -> Array:
 
 def _copy(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 @dataclasses.dataclass
@@ -310,7 +296,7 @@ class MetaTrainer:
     if out_dir is not None:
       out_dir = os.path.abspath(out_dir)
       os.makedirs(out_dir, exist_ok=True)
-      _atomic_write_text(os.path.join(out_dir, "config.json"),
+      files.write_text(os.path.join(out_dir, "config.json"),
                          json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
       logger = MetricsLogger(os.path.join(out_dir, "tb"))
       ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"),
@@ -373,7 +359,7 @@ class MetaTrainer:
                     kind="best", outer_steps=int(state.step),
                     best_step=int(state.best_step),
                     best_loss=self.summary(state)["best_loss"])
-        _atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(
+        files.write_text(os.path.join(out_dir, "summary.json"), json.dumps(
             self.summary(state), indent=2, sort_keys=True))
     finally:
       bar.close()

@@ -85,17 +85,6 @@ def test_cache_hit_skips_work_and_gives_identical_numbers(Quad, tmp_path,
   assert cache.load(first.cache_path) is not None
 
 
-def test_atomic_write_leaves_no_temp_files(tmp_path):
-  p = tmp_path / "sub" / "x.txt"
-  cache.write_text(str(p), "hello")
-  with pytest.raises(RuntimeError):
-    with cache.atomic_open(str(p), "w") as f:
-      f.write("partial")
-      raise RuntimeError("interrupted")
-  assert p.read_text() == "hello"
-  assert os.listdir(p.parent) == ["x.txt"]
-
-
 def test_tune_rejects_non_baselines(Quad):
   with pytest.raises(ValueError, match="Can only tune baselines"):
     tuning.tune(Quad(), "rule:mlp", num_steps=5, seeds=[0])
