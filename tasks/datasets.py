@@ -271,13 +271,13 @@ def synthetic_text(num_words: int = 60_000, vocab: int = 400,
   """English-like character codes generated from ``seed`` (memoised).
 
   A lexicon of ``vocab`` made-up lower-case words (2 to 9 letters, drawn from
-  a letter distribution close to English's) with Zipf(1) frequencies; each
-  word may be followed by one of ``successors`` words drawn from those
-  frequencies (a sparse first-order Markov chain over words), and sentences
-  of 4 to 15 words start with a capital letter and end with ``.``, ``?`` or
-  ``!`` (sometimes a newline). So a character model has spelling, word
-  frequencies and word order to learn, as on natural text, but nothing here
-  comes from a file or the network. Cut into contiguous 80 / 10 / 10 train /
+  letters weighted by their rank in English letter frequency) with Zipf(1)
+  frequencies; each word may be followed by one of ``successors`` words drawn
+  from those frequencies (a sparse first-order Markov chain over words), and
+  sentences of 4 to 15 words start with a capital letter and end with ``.``,
+  ``?`` or ``!`` (sometimes a newline). So a character model has spelling,
+  word frequencies and word order to learn, as on natural text, but nothing
+  here comes from a file or the network. Cut into contiguous 80 / 10 / 10 train /
   valid / test regions like :func:`stdlib_text`.
   """
   rng = np.random.default_rng(seed)
