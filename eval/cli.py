@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from typing import List, Optional, Sequence
 
 from lopt.eval import cache as cache_lib
@@ -104,16 +105,23 @@ def _parse_range(text: Optional[str]):
 
 
 class _Progress:
-  """A rich progress bar driven by :func:`lopt.eval.suite.evaluate`'s
-  callback."""
+  """Progress of :func:`lopt.eval.suite.evaluate` (its callback): a rich bar
+  on a terminal; elsewhere (a log file, CI) one plain line per finished run,
+  since a bar that cannot redraw would stay silent until the end."""
 
-  def __init__(self, enabled: bool):
+  def __init__(self, enabled: bool, stream=None):
     self.enabled = enabled
+    self.stream = stream if stream is not None else sys.stderr
+    self.plain = not getattr(self.stream, "isatty", lambda: False)()
     self.bar = None
     self.tid = None
+    self.done, self.total, self.t0 = 0, 0, 0.0
 
   def __call__(self, event, info):
     if not self.enabled:
+      return
+    if self.plain:
+      self._line(event, info)
       return
     if event == "start":
       from rich.console import Console
@@ -129,6 +137,17 @@ class _Progress:
       src = " (cached)" if info.get("from_cache") else ""
       self.bar.update(self.tid, advance=1,
                       description=f"{info['task']}: {info['what']}{src}")
+
+  def _line(self, event, info):
+    if event == "start":
+      self.done, self.total, self.t0 = 0, int(info["total"]), time.time()
+      print(f"eval: {self.total} runs", file=self.stream, flush=True)
+    elif event == "done":
+      self.done += 1
+      src = " (cached)" if info.get("from_cache") else ""
+      print(f"eval {self.done}/{self.total} [{time.time() - self.t0:.0f} s] "
+            f"{info['task']}: {info['what']}{src}", file=self.stream,
+            flush=True)
 
   def close(self):
     if self.bar is not None:

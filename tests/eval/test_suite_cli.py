@@ -112,6 +112,20 @@ def test_cli_runs_and_prints_table(registry, tmp_path, capsys):
   assert not (out / "speedup.png").exists()
 
 
+def test_cli_progress_is_plain_lines_off_a_terminal(registry, tmp_path,
+                                                    capsys):
+  code = cli.main(["--optimizer", "sgdm:lr=0.05", "--tasks", "quad",
+                   "--steps", "20", "--seeds", "1", "--out",
+                   str(tmp_path / "rep"), "--cache-dir", str(tmp_path / "c"),
+                   "--num-lrs", "2", "--no-plots"])
+  err = capsys.readouterr().err
+  assert code == 0, err
+  lines = [l for l in err.splitlines() if l.startswith("eval")]
+  assert lines[0] == "eval: 2 runs"
+  assert lines[1].startswith("eval 1/2 [") and "quad:" in lines[1]
+  assert lines[-1].startswith("eval 2/2 [")
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--optimizer", "adma:lr=1e-3"], "Unknown optimizer 'adma'"),
     (["--optimizer", "adam:lr=oops"], "lr='oops' is not a number"),
