@@ -439,13 +439,15 @@ class MetaTrainer:
 
 
 class _Progress:
-  """A rich progress bar on stderr; when disabled, one plain log line per
-  logged step (so background runs still show progress in their logs)."""
+  """A rich progress bar on stderr; when disabled, or when stderr is not a
+  terminal (a log file, CI: a bar there cannot redraw and would stay
+  silent), one plain log line per logged step."""
 
   def __init__(self, enabled: bool, total: int, start: int):
+    import sys
     self._p = None
     self._total = total
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
       return
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress,

@@ -244,9 +244,13 @@ def test_cli_run_and_resume(tmp_path, capsys):
   out = tmp_path / "run"
   argv = ["--config", str(cfg), "--out", str(out), "--no-progress"]
   assert cli.main(argv + ["--set", "outer_steps=2"]) == 0
-  assert cli.main(["--out", str(out), "--resume", "--no-progress",
+  # Progress on, stderr not a terminal (as under nohup or CI): plain lines.
+  assert cli.main(["--out", str(out), "--resume",
                    "--set", "outer_steps=4"]) == 0
-  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  captured = capsys.readouterr()
+  assert "meta-train step 3/4: loss" in captured.err
+  assert "meta-train step 4/4: loss" in captured.err
+  summary = json.loads(captured.out.strip().splitlines()[-1])
   assert summary["outer_steps"] == 4
   assert lopt.read(out / "final.lopt").header["provenance"]["outer_steps"] == 4
   assert sorted(os.listdir(out / "checkpoints")) == ["2", "4"]
