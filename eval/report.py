@@ -36,7 +36,7 @@ def _clean(x: Any) -> Any:
 
 def write_json(record: Dict[str, Any], path: str) -> str:
   files.write_text(path, json.dumps(_clean(record), allow_nan=False,
-                                        separators=(",", ":")) + "\n")
+                                    separators=(",", ":")) + "\n")
   return path
 
 

@@ -48,7 +48,8 @@ class MetaTrainConfig:
       (diverging is penalised, not dropped).
     loss_weighting: ``uniform`` (every inner step counts the same) or
       ``linear`` (step t of an episode of length T weighted 2 (t + 1/2) / T,
-      emphasising the end of training).
+      emphasising the end of training). The logged meta-loss and the fixed-task
+      evaluation that picks the best theta use the same weights.
     tbptt_clip: global-norm clip of each TBPTT estimate (0: off).
   Outer optimizer (optax Adam):
     outer_steps, learning_rate, b1, b2, clip_norm (global norm, 0: off),
