@@ -254,13 +254,20 @@ class MetaTrainConfig:
       loaded = lopt.read(self.init_from)
     except (OSError, ValueError) as e:
       return f"init_from {self.init_from!r} cannot be read: {e}"
-    rule = lopt.rules.get(self.rule, **self.rule_config)
-    if (loaded.rule.name, loaded.rule.config()) != (rule.name, rule.config()):
-      return (f"init_from {self.init_from!r} holds rule {loaded.rule.name!r} "
-              f"with config {loaded.rule.config()}, but this run meta-trains "
-              f"{rule.name!r} with config {rule.config()}; set rule and "
-              "rule_config to the file's")
+    return init_from_mismatch(self.init_from, loaded,
+                              lopt.rules.get(self.rule, **self.rule_config))
+
+
+def init_from_mismatch(init_from: str, loaded: Any, rule: Any) -> str:
+  """Why the learned-optimizer file ``loaded`` (read from ``init_from``)
+  cannot start meta-training ``rule`` ('' when its rule and config are the
+  same, so its theta fits)."""
+  if (loaded.rule.name, loaded.rule.config()) == (rule.name, rule.config()):
     return ""
+  return (f"init_from {init_from!r} holds rule {loaded.rule.name!r} with "
+          f"config {loaded.rule.config()}, but this run meta-trains "
+          f"{rule.name!r} with config {rule.config()}; set rule and "
+          "rule_config to the file's")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -38,7 +38,8 @@ import optax
 from lopt import files
 from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train import unroll as U
-from lopt.meta_train.config import ConfigError, MetaTrainConfig
+from lopt.meta_train.config import (ConfigError, MetaTrainConfig,
+                                     init_from_mismatch)
 from lopt.meta_train.inner import InnerTraining, train_curve
 
 PyTree = Any
@@ -173,15 +174,11 @@ class MetaTrainer:
       return self.rule.init_meta_params(self._theta_key)
     import lopt
     loaded = lopt.read(self.config.init_from)
-    template = jax.eval_shape(self.rule.init_meta_params, self._theta_key)
-    if (jax.tree.structure(loaded.theta) != jax.tree.structure(template) or
-        any(a.shape != b.shape for a, b in zip(jax.tree.leaves(loaded.theta),
-                                                jax.tree.leaves(template)))):
-      raise ConfigError(
-          f"init_from {self.config.init_from!r}: its meta-parameters do not "
-          f"fit the rule {self.rule.name!r} of this run.")
-    return jax.tree.map(lambda a, b: jnp.asarray(a, b.dtype), loaded.theta,
-                        template)
+    problem = init_from_mismatch(self.config.init_from, loaded, self.rule)
+    if problem:
+      raise ConfigError(problem + ".")
+    # lopt.read has matched the tensors to the rule's meta-parameters.
+    return loaded.theta
 
   def init_state(self) -> TrainState:
     theta = jax.tree.map(jnp.asarray, self.initial_theta())
