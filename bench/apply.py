@@ -39,10 +39,8 @@ def _parse():
 
 def main():
   args = _parse()
-  if args.threads == 1:
-    os.environ.setdefault(
-        "XLA_FLAGS",
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  from lopt import cpu_flags
+  cpu_flags.apply(single_thread=args.threads == 1)
   import jax
   import jax.numpy as jnp
   import optax
@@ -141,6 +139,7 @@ def main():
       },
       "config": {"mlp": list(sizes), "batch": batch, "steps": steps,
                  "repeats": repeats, "xla_threads": args.threads,
+                 "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "num_params": num_params, "jax": jax.__version__,
                  "adam_state_floats_per_param": 2.0},
   }

@@ -18,11 +18,12 @@ The last line printed is one JSON object:
 
 import os
 
-# Single-threaded XLA: faster for these small problems on a 2-core machine
-# (two single-threaded workers, one per core). Must precede the jax import.
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+# lopt's CPU flags (single-threaded XLA: faster for these small problems on
+# a 2-core machine, two single-threaded workers, one per core; 512-bit
+# vectors). Must precede jax's first computation.
+from lopt import cpu_flags  # noqa: E402
+
+cpu_flags.apply()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402

@@ -40,10 +40,6 @@ import os
 import sys
 import time
 
-SINGLE_THREAD_FLAGS = (
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-
-
 def _parse(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true",
@@ -115,8 +111,8 @@ def _worker(rank, procs, combos, args, barrier, queue):
 
 def main(argv=None):
   args = _parse(argv)
-  if args.threads == 1:
-    os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_FLAGS)
+  from lopt import cpu_flags
+  cpu_flags.apply(single_thread=args.threads == 1)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   combos = (args.combos.split(",") if args.combos else
             (["mlp+es_single", "sgd+es_single"] if args.quick else

@@ -43,10 +43,6 @@ import os
 import sys
 import time
 
-SINGLE_THREAD_FLAGS = (
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
-
-
 def _parse(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true",
@@ -130,7 +126,8 @@ def main(argv=None):
   args = _parse(argv)
   args.steps = args.steps or (4 if args.quick else 20)
   args.repeats = args.repeats or (1 if args.quick else 3)
-  os.environ.setdefault("XLA_FLAGS", SINGLE_THREAD_FLAGS)
+  from lopt import cpu_flags
+  cpu_flags.apply()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ.setdefault("RAY_AUTH_MODE", "disabled")
   if args.compile_cache:

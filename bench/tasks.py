@@ -30,10 +30,9 @@ import os
 import sys
 import time
 
-_SINGLE_THREAD = ("--xla_cpu_multi_thread_eigen=false "
-                  "intra_op_parallelism_threads=1")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                           + _SINGLE_THREAD).strip()
+from lopt import cpu_flags
+
+cpu_flags.apply()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

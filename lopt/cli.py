@@ -46,9 +46,8 @@ def quickstart(argv: Sequence[str]) -> int:
   ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                   help="extra meta-training config overrides")
   args = ap.parse_args(list(argv))
-  os.environ.setdefault(
-      "XLA_FLAGS",
-      "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  from lopt import cpu_flags
+  cpu_flags.apply()           # single-threaded: one small process per job
   from lopt.eval import cli as eval_cli
   from lopt.meta_train import cli as mt_cli
 
@@ -101,6 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       print(f"lopt quickstart: needs the training extras ({e}). Install "
             "them with `pip install 'lopt[train]'`.", file=sys.stderr)
       return 2
+  # 512-bit vectors where the CPU has them (lopt.cpu_flags); XLA's
+  # threading is left as it is. Before any jax computation.
+  from lopt import cpu_flags
+  cpu_flags.apply(single_thread=False)
   try:
     module = importlib.import_module(_COMMANDS[cmd][0])
   except ImportError as e:

@@ -60,6 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt import cpu_flags
 from lopt.meta_train import cpu
 from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train.config import ConfigError, MetaTrainConfig
@@ -80,8 +81,6 @@ class DistributedTimeout(DistributedError, TimeoutError):
   """A remote call did not answer within ``RayOptions.timeout_s``."""
 
 INLINE_THETA_BYTES = 64 * 1024
-SINGLE_THREAD_XLA = (
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 
 # ---------------------------------------------------------------------------
@@ -107,7 +106,9 @@ class RayOptions:
     max_restarts: Ray restarts of a dead worker actor.
     max_redo: times an outer step is redone when no worker returned.
     single_thread_xla: single-threaded XLA in each worker (faster for small
-      inner problems; one worker per core).
+      inner problems; one worker per core). Workers get the driver's
+      ``XLA_FLAGS`` merged with :data:`lopt.cpu_flags.CPU_FLAGS` (less the
+      single-thread flag when this is False).
     pin_cpus: pin worker ``w`` (all its threads) to core ``w mod cores``
       (:func:`lopt.meta_train.cpu.pin_to_cpu`); None: pin on a local Ray
       (``address`` None) whose workers do not outnumber its cores, never on
@@ -470,8 +471,8 @@ class RayMetaTrainer(MetaTrainer):
     self.slices = split_tasks(cfg.num_tasks, workers)
     self._sizes = [len(s) * cfg.num_particles for s in self.slices]
     env = _worker_env()
-    if opts.single_thread_xla:
-      env["XLA_FLAGS"] = SINGLE_THREAD_XLA
+    env["XLA_FLAGS"] = cpu_flags.merge(os.environ.get("XLA_FLAGS"),
+                                       single_thread=opts.single_thread_xla)
     cls = ray.remote(GradientWorker).options(
         num_cpus=opts.cpus_per_worker, max_restarts=opts.max_restarts,
         max_task_retries=0, runtime_env={"env_vars": env} if env else None)

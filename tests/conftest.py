@@ -4,9 +4,9 @@ problems in the suite on a 2-core machine) and no network access."""
 import os
 import socket
 
-os.environ.setdefault(
-    "XLA_FLAGS",
-    "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+from lopt import cpu_flags  # noqa: E402  (imports jax; its backend starts later)
+
+cpu_flags.apply()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
