@@ -52,6 +52,31 @@ def time_features(step: jax.Array, num_steps: jax.Array,
   return [jnp.tanh(frac / s) for s in timescales]
 
 
+#: Decays of the loss EMAs behind :func:`loss_features`.
+LOSS_DECAYS = (0.9, 0.99, 0.999)
+
+
+def loss_features(loss: jax.Array, ema: jax.Array, step: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+  """VeLO-style loss features (Metz et al. 2022): EMAs ``ema_k`` of the
+  training loss at decays :data:`LOSS_DECAYS` and the features
+  ``tanh((loss - ema_k) / |ema_3|)`` -- whether the loss is above or below
+  its recent averages, relative to the loss's scale.
+
+  The EMAs start at the first loss (``step == 0``); a non-finite loss leaves
+  them unchanged and gives features 0. Returns ``(new_ema, features)``, both
+  ``[len(LOSS_DECAYS)]``.
+  """
+  loss = f32(loss)
+  finite = jnp.isfinite(loss)
+  decays = jnp.asarray(LOSS_DECAYS, jnp.float32)
+  ema = jnp.where(step == 0, loss, ema)
+  ema = jnp.where(finite, decays * ema + (1 - decays) * loss, ema)
+  denom = jnp.abs(ema[-1]) + 1e-8
+  feats = jnp.where(finite, jnp.tanh((loss - ema) / denom), 0.0)
+  return ema, feats
+
+
 def mup_scales(params: PyTree, param_meta: Optional[PyTree]) -> PyTree:
   """Per-tensor multiplier of the update under muP (muLO, Therien et al.
   2024; Tensor Programs V, Yang et al. 2022).

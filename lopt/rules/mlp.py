@@ -41,6 +41,17 @@ size late in training and its loss spiked on wider and deeper held-out
 MLPs (docs/meta_training_experiments.md). ``learned_schedule=False`` is the
 rule without it (files written before it existed load as such).
 
+With ``loss_features=True`` the rule also reads the training loss (pass
+``value=loss``): the VeLO-style features ``tanh((loss - ema_k) / |ema_3|)``
+of three loss EMAs (:func:`lopt.rules.common.loss_features`) enter, like the
+time features, as per-tensor constants -- into the first layer's bias
+(weights ``w_loss``) and into the log step scale (weights ``loss_scale``) --
+so they cost nothing per element. Both are initialised to 0: at
+initialisation (or warm-started from a file without them) the rule's updates
+are exactly those of the rule without loss features. They let the rule tell
+a falling loss from a plateau or a spike, which the per-parameter features
+cannot see.
+
 ``mu_scale`` is 1 in standard parametrisation and ``1/fan_in`` for hidden
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
 ``param_meta`` the muP rule behaves exactly as standard parametrisation).
@@ -98,6 +109,7 @@ class MLPState(NamedTuple):
   num_steps: jax.Array    # float32 scalar, the horizon
   leaves: PyTree          # params-structured tree of LeafState
   mu_scale: PyTree        # params-structured tree of float32 scalars
+  loss_ema: Optional[jax.Array] = None   # [3] with loss_features, else None
 
 
 def _factored(shape) -> bool:
@@ -252,6 +264,8 @@ class PerParamMLP:
       element's step by ``exp(log_step_scale) * c * exp(exp_mult * c)``.
     learned_schedule: add the learned step schedule
       ``sum_s w_s tanh(frac / s)`` to the log step scale (module docstring).
+    loss_features: read the training loss and feed its EMA features to the
+      first layer's bias and the log step scale (module docstring).
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -264,13 +278,17 @@ class PerParamMLP:
   norm_sample: int = 2048
   output_clip: float = 10.0
   learned_schedule: bool = True
+  loss_features: bool = False
   mup: bool = False
 
-  uses_loss = False
   # Config keys added after the first learned-optimizer files were written,
   # with the value that reproduces those files' behaviour (lopt.io fills a
   # key in when a stored rule_config lacks it).
-  CONFIG_ADDED = {"learned_schedule": False}
+  CONFIG_ADDED = {"learned_schedule": False, "loss_features": False}
+
+  @property
+  def uses_loss(self) -> bool:
+    return self.loss_features
 
   def __post_init__(self):
     object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in
@@ -313,6 +331,8 @@ class PerParamMLP:
       if i == 0:
         layer["w_time"] = jax.random.normal(
             keys[-1], (len(self.timescales), sizes[1])) / jnp.sqrt(fan_in)
+        if self.loss_features:
+          layer["w_loss"] = jnp.zeros((len(common.LOSS_DECAYS), sizes[1]))
       layers.append(layer)
     out_w = 0.1 * jax.random.normal(keys[len(self.hidden_sizes)],
                                     (sizes[-1], 2)) / jnp.sqrt(sizes[-1])
@@ -325,24 +345,31 @@ class PerParamMLP:
     }
     if self.learned_schedule:
       theta["schedule"] = jnp.zeros((len(self.timescales),))
+    if self.loss_features:
+      theta["loss_scale"] = jnp.zeros((len(common.LOSS_DECAYS),))
     return theta
 
-  def log_step_scale(self, theta, time_feats) -> jax.Array:
-    """``log_step_scale + sum_s w_s tanh(frac / s)`` (the learned schedule
-    term only with ``learned_schedule``)."""
+  def log_step_scale(self, theta, time_feats, loss_feats=None) -> jax.Array:
+    """``log_step_scale + sum_s w_s tanh(frac / s) + loss_feats @
+    loss_scale`` (the schedule term only with ``learned_schedule``, the
+    loss term only with ``loss_features``)."""
     log_scale = theta["log_step_scale"]
     if self.learned_schedule:
       log_scale = log_scale + jnp.stack(time_feats) @ theta["schedule"]
+    if self.loss_features:
+      log_scale = log_scale + loss_feats @ theta["loss_scale"]
     return log_scale
 
   # -- state -----------------------------------------------------------------
   def init(self, theta, params, num_steps, param_meta=None) -> MLPState:
     del theta
     mu_scale = common.mup_scales(params, param_meta if self.mup else None)
+    loss_ema = (jnp.zeros((len(common.LOSS_DECAYS),), common.STATE_DTYPE)
+                if self.loss_features else None)
     return MLPState(step=jnp.zeros([], jnp.int32),
                     num_steps=common.f32(num_steps),
                     leaves=jax.tree.map(_init_leaf, params),
-                    mu_scale=mu_scale)
+                    mu_scale=mu_scale, loss_ema=loss_ema)
 
   # -- update ------------------------------------------------------------------
   def _accumulate(self, g, ls: LeafState) -> LeafState:
@@ -395,16 +422,19 @@ class PerParamMLP:
     return jax.lax.rsqrt(ms[jnp.array(rows), jnp.array(cols)] + _NORM_EPS)
 
   def leaf_apply(self, net, time_feats, feats, inv, log_scale, mu_scale,
-                 p) -> jax.Array:
+                 p, loss_feats=None) -> jax.Array:
     """Applies the per-parameter network ``net`` (one set of weights, the
     structure of ``init_meta_params`` less ``log_step_scale``) to one
-    tensor's features, as scalar-weighted elementwise multiply-adds."""
+    tensor's features, as scalar-weighted elementwise multiply-adds
+    (``loss_feats``: with ``loss_features``, the loss EMA features)."""
     if feats is None:
       return jnp.zeros(jnp.shape(p), jnp.result_type(p))
     layers = net["layers"]
     first = layers[0]
     w_eff = first["w"] * inv[:, None]                                 # [F, H]
     b_eff = first["b"] + jnp.stack(time_feats) @ first["w_time"]      # [H]
+    if self.loss_features:
+      b_eff = b_eff + loss_feats @ first["w_loss"]
     skip_eff = net["skip"] * inv                                      # [F]
     hidden = [
         jax.nn.relu(b_eff[j] + sum(w_eff[f, j] * feats[f]
@@ -432,23 +462,32 @@ class PerParamMLP:
     step = scale * direction * jnp.exp(self.exp_mult * magnitude)
     return step.astype(jnp.result_type(p))
 
-  def _leaf_update(self, theta, time_feats, log_scale, g, p, ls, mu_scale):
+  def _leaf_update(self, theta, time_feats, loss_feats, log_scale, g, p, ls,
+                   mu_scale):
     ls, feats, inv = self.leaf_prepare(g, p, ls)
     upd = self.leaf_apply(theta, time_feats, feats, inv, log_scale, mu_scale,
-                          p)
+                          p, loss_feats)
     return upd, ls
 
   def update(self, theta, grads, state: MLPState, params, loss=None):
-    del loss
+    loss_ema, loss_feats = state.loss_ema, None
+    if self.loss_features:
+      if loss is None:
+        raise ValueError(f"The {self.name!r} rule with loss_features reads "
+                         "the loss: pass it as update(..., loss) / "
+                         "value=loss.")
+      loss_ema, loss_feats = common.loss_features(loss, state.loss_ema,
+                                                  state.step)
     time_feats = common.time_features(state.step, state.num_steps,
                                       self.timescales)
-    log_scale = self.log_step_scale(theta, time_feats)
+    log_scale = self.log_step_scale(theta, time_feats, loss_feats)
     pairs = jax.tree.map(
-        lambda g, p, ls, s: self._leaf_update(theta, time_feats, log_scale, g,
-                                              p, ls, s),
+        lambda g, p, ls, s: self._leaf_update(theta, time_feats, loss_feats,
+                                              log_scale, g, p, ls, s),
         grads, params, state.leaves, state.mu_scale)
     treedef = jax.tree.structure(params)
     flat = treedef.flatten_up_to(pairs)
     updates = treedef.unflatten([u for u, _ in flat])
     leaves = treedef.unflatten([ls for _, ls in flat])
-    return updates, state._replace(step=state.step + 1, leaves=leaves)
+    return updates, state._replace(step=state.step + 1, leaves=leaves,
+                                   loss_ema=loss_ema)

@@ -41,7 +41,7 @@ from lopt.rules.mlp import FEATURE_NAMES, PerParamMLP
 
 PyTree = Any
 
-_LOSS_DECAYS = (0.9, 0.99, 0.999)
+_LOSS_DECAYS = common.LOSS_DECAYS
 _STAT_FEATURES = tuple(FEATURE_NAMES.index(n) for n in
                        ("g", "p", "m1", "m2", "m3", "rms"))
 
@@ -152,13 +152,7 @@ class VeLOLite:
     mu_l = treedef.flatten_up_to(state.mu_scale)
 
     # Loss EMAs (first step initialises them; non-finite losses ignored).
-    loss = common.f32(loss)
-    finite = jnp.isfinite(loss)
-    decays = jnp.asarray(_LOSS_DECAYS, jnp.float32)
-    ema = jnp.where(state.step == 0, loss, state.loss_ema)
-    ema = jnp.where(finite, decays * ema + (1 - decays) * loss, ema)
-    denom = jnp.abs(ema[-1]) + 1e-8
-    loss_feats = jnp.where(finite, jnp.tanh((loss - ema) / denom), 0.0)
+    ema, loss_feats = common.loss_features(loss, state.loss_ema, state.step)
     time_feats = common.time_features(state.step, state.num_steps,
                                       self.timescales)
     shared = jnp.concatenate([jnp.stack(time_feats), loss_feats])

@@ -303,3 +303,57 @@ def test_learned_schedule_scales_the_step_by_exp_of_time_features():
                             for wi, s in zip(w, rule.timescales))))
   for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
     np.testing.assert_allclose(a, factor * b, rtol=1e-5, atol=1e-12)
+
+
+def test_loss_features_start_as_the_rule_without_them():
+  rule = lopt.rules.get("mlp", loss_features=True)
+  plain = lopt.rules.get("mlp")
+  assert rule.uses_loss and not plain.uses_loss
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  assert theta["layers"][0]["w_loss"].shape == (3, rule.hidden_sizes[0])
+  assert not float(jnp.abs(theta["loss_scale"]).max())
+  plain_theta = {k: v for k, v in theta.items() if k != "loss_scale"}
+  plain_theta["layers"] = [{k: v for k, v in layer.items() if k != "w_loss"}
+                           for layer in theta["layers"]]
+  params = _params()
+  u_lf, st_lf, _ = _run(rule, theta, params, 4)
+  u_plain = _run(plain, plain_theta, params, 4)[0]
+  for a, b in zip(jax.tree.leaves(u_lf), jax.tree.leaves(u_plain)):
+    np.testing.assert_array_equal(a, b)
+  assert st_lf.loss_ema.shape == (3,)
+  # loss_scale w: the update is multiplied by exp(w . tanh((l - ema) / |ema_3|))
+  # (one update from the same state).
+  w = jnp.asarray([0.4, -0.9, 1.3])
+  g = _grads(params)
+  loss = jnp.float32(0.5)
+  u = rule.update(dict(theta, loss_scale=w), g, st_lf, params, loss)[0]
+  u_ref = rule.update(theta, g, st_lf, params, loss)[0]
+  _, feats = lopt.rules.common.loss_features(loss, st_lf.loss_ema, st_lf.step)
+  assert float(jnp.abs(feats).max()) > 0.1       # the loss dropped: informative
+  factor = float(np.exp(np.dot(np.asarray(w), np.asarray(feats))))
+  for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
+    np.testing.assert_allclose(a, factor * b, rtol=1e-5, atol=1e-12)
+
+
+def test_loss_features_need_the_loss_and_skip_nonfinite_ones():
+  rule = lopt.rules.get("mlp", loss_features=True)
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  theta["layers"][0]["w_loss"] = jnp.ones_like(theta["layers"][0]["w_loss"])
+  params = {"w": jnp.ones((3, 2))}
+  opt = lopt.as_optax(rule, theta, 10)
+  with pytest.raises(ValueError, match="value=loss"):
+    opt.update(params, opt.init(params), params)
+  state = rule.init(theta, params, 10)
+  _, state = rule.update(theta, params, state, params, jnp.float32(1.0))
+  u, state2 = rule.update(theta, params, state, params, jnp.float32(jnp.nan))
+  np.testing.assert_array_equal(state2.loss_ema, state.loss_ema)
+  assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(u))
+
+
+def test_files_without_loss_features_load_without_them():
+  # The shipped files were written before the option existed: their
+  # rule_config has no "loss_features" key (lopt.rules.config_added).
+  loaded = lopt.read("mlp_digits")
+  assert "loss_features" not in loaded.header["rule_config"]
+  assert loaded.rule.loss_features is False and not loaded.rule.uses_loss
+  assert "loss_scale" not in loaded.theta
