@@ -31,6 +31,7 @@ option, not an XLA flag: every flag written after it is silently ignored), so
 from __future__ import annotations
 
 import os
+import warnings
 from typing import MutableMapping, Optional, Tuple
 
 SINGLE_THREAD_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -60,11 +61,27 @@ def merge(current: Optional[str], single_thread: bool = True) -> str:
   return " ".join(added + ([current] if current else []))
 
 
+def _backend_started() -> bool:
+  try:
+    from jax._src import xla_bridge        # private: checked defensively
+    return bool(xla_bridge.backends_are_initialized())
+  except Exception:                        # pylint: disable=broad-except
+    return False
+
+
 def apply(environ: Optional[MutableMapping[str, str]] = None,
           single_thread: bool = True) -> str:
   """Sets ``environ["XLA_FLAGS"]`` (default ``os.environ``) to
   :func:`merge` of its value and returns it. Call before jax's first
-  computation; later, XLA has read its flags and this has no effect."""
+  computation; later, XLA has read its flags and this has no effect on this
+  process (it warns; child processes still inherit the flags)."""
   env = os.environ if environ is None else environ
-  env["XLA_FLAGS"] = merge(env.get("XLA_FLAGS"), single_thread)
-  return env["XLA_FLAGS"]
+  new = merge(env.get("XLA_FLAGS"), single_thread)
+  if (environ is None and new != env.get("XLA_FLAGS", "")
+      and _backend_started()):
+    warnings.warn("lopt.cpu_flags.apply(): jax's backend has already "
+                  "started, so the new XLA_FLAGS only reach processes started "
+                  "from here on; call it before the first jax computation.",
+                  RuntimeWarning, stacklevel=2)
+  env["XLA_FLAGS"] = new
+  return new

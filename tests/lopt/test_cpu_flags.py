@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lopt import cpu_flags
 
 
@@ -58,3 +60,16 @@ def test_xla_accepts_the_flags():
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip() == "42.0"
+
+
+def test_apply_after_backend_start_warns(monkeypatch):
+  import jax.numpy as jnp
+  jnp.zeros(1).block_until_ready()          # the backend is up
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+  with pytest.warns(RuntimeWarning, match="already started"):
+    cpu_flags.apply()
+  # Nothing to change: no warning.
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    cpu_flags.apply()
