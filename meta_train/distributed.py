@@ -475,7 +475,7 @@ class RayMetaTrainer(MetaTrainer):
                                        single_thread=opts.single_thread_xla)
     cls = ray.remote(GradientWorker).options(
         num_cpus=opts.cpus_per_worker, max_restarts=opts.max_restarts,
-        max_task_retries=0, runtime_env={"env_vars": env} if env else None)
+        max_task_retries=0, runtime_env={"env_vars": env})
     delays = list(opts.worker_delays or [])
     pin = opts.pin_cpus
     if pin is None:

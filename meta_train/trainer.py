@@ -294,7 +294,7 @@ class MetaTrainer:
       out_dir = os.path.abspath(out_dir)
       os.makedirs(out_dir, exist_ok=True)
       files.write_text(os.path.join(out_dir, "config.json"),
-                         json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+                       json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
       logger = MetricsLogger(os.path.join(out_dir, "tb"))
       ckpt = Checkpointer(os.path.join(out_dir, "checkpoints"),
                           keep=cfg.keep_checkpoints)

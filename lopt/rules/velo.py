@@ -41,7 +41,6 @@ from lopt.rules.mlp import FEATURE_NAMES, PerParamMLP
 
 PyTree = Any
 
-_LOSS_DECAYS = common.LOSS_DECAYS
 _STAT_FEATURES = tuple(FEATURE_NAMES.index(n) for n in
                        ("g", "p", "m1", "m2", "m3", "rms"))
 
@@ -104,7 +103,8 @@ class VeLOLite:
 
   @property
   def _summary_size(self) -> int:
-    return len(self.timescales) + len(_LOSS_DECAYS) + 5 + len(_STAT_FEATURES)
+    return (len(self.timescales) + len(common.LOSS_DECAYS) + 5
+            + len(_STAT_FEATURES))
 
   def config(self) -> dict:
     cfg = dataclasses.asdict(self)
@@ -138,7 +138,7 @@ class VeLOLite:
     z = jnp.zeros((n, self.lstm_hidden), common.STATE_DTYPE)
     return VeLOState(mlp_state.step, mlp_state.num_steps, mlp_state.leaves,
                      mlp_state.mu_scale, z, z,
-                     jnp.zeros((len(_LOSS_DECAYS),), common.STATE_DTYPE))
+                     jnp.zeros((len(common.LOSS_DECAYS),), common.STATE_DTYPE))
 
   def update(self, theta, grads, state: VeLOState, params, loss=None):
     if loss is None:
