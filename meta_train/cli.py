@@ -11,7 +11,8 @@ Usage::
 ``--config`` is YAML or JSON with :class:`~lopt.meta_train.config.
 MetaTrainConfig` fields (defaults for the rest); ``--set`` overrides fields
 (values parsed as YAML, e.g. ``--set num_tasks=4 --set
-rule_config='{hidden_sizes: [8]}'``). ``--resume`` continues from the latest
+rule_config='{hidden_sizes: [8]}'``; ``--set rule_config.norm_sample=512``
+sets one entry of ``rule_config`` and keeps the rest). ``--resume`` continues from the latest
 checkpoint in ``--out`` (with the config saved there unless ``--config`` is
 given). Results land in ``--out``: ``final.lopt``, ``best.lopt``,
 ``summary.json``, ``tb/`` (TensorBoard) and ``checkpoints/``.
@@ -52,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--config", help="YAML or JSON config file.")
   p.add_argument("--out", required=False, help="Output directory.")
   p.add_argument("--set", dest="overrides", action="append", default=[],
-                 metavar="KEY=VALUE", help="Override a config field.")
+                 metavar="KEY=VALUE",
+                 help="Override a config field (value parsed as YAML; "
+                 "rule_config.NAME=VALUE sets one rule_config entry).")
   p.add_argument("--resume", action="store_true",
                  help="Resume from the latest checkpoint in --out.")
   p.add_argument("--no-progress", action="store_true",

@@ -145,7 +145,9 @@ class MetaTrainConfig:
 
   def with_overrides(self, overrides: Sequence[str]) -> "MetaTrainConfig":
     """Applies ``key=value`` strings (values parsed as YAML scalars, e.g.
-    ``num_tasks=4``, ``rule_config={hidden_sizes: [8]}``)."""
+    ``num_tasks=4``, ``rule_config={hidden_sizes: [8]}``). A dotted key
+    ``rule_config.<name>=value`` sets one entry of ``rule_config`` and keeps
+    the others (``rule_config=...`` replaces the whole mapping)."""
     d = self.to_dict()
     for item in overrides or ():
       if "=" not in item:
@@ -156,7 +158,18 @@ class MetaTrainConfig:
         parsed = yaml.safe_load(value) if value.strip() else ""
       except yaml.YAMLError as e:
         raise ConfigError(f"Cannot parse override {item!r}: {e}") from None
-      d[key] = parsed
+      head, dot, sub = key.partition(".")
+      if dot and head == "rule_config":
+        if not sub or "." in sub:
+          raise ConfigError(f"Override {item!r}: use rule_config.<name>=value "
+                            "with one rule_config entry name.")
+        d["rule_config"] = {**(d.get("rule_config") or {}), sub: parsed}
+      elif dot:
+        raise ConfigError(f"Override {item!r}: only rule_config takes a "
+                          "dotted key (rule_config.<name>=value); "
+                          f"{head!r} is not a mapping field.")
+      else:
+        d[key] = parsed
     return type(self).from_dict(d)
 
   def to_dict(self) -> Dict[str, Any]:

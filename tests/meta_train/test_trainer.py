@@ -162,6 +162,10 @@ def test_config_file_overrides_and_errors(tmp_path):
   assert (cfg.rule, cfg.num_tasks, cfg.trunc_length) == ("sgd", 3, 7)
   assert cfg.random_offsets is False and cfg.std == 1e-3
   assert cfg.rule_config == {"initial_lr": 0.05}
+  # A dotted key sets one rule_config entry and keeps the others.
+  cfg = load_config(str(p), ["rule_config.momentum=true"])
+  assert cfg.rule_config == {"initial_lr": 0.05, "momentum": True}
+  assert load_config(str(p), ["rule_config={}"]).rule_config == {}
   j = tmp_path / "cfg.json"
   j.write_text(json.dumps({"estimator": "pes", "schedule": "cosine"}))
   assert load_config(str(j)).estimator == "pes"
@@ -173,6 +177,9 @@ def test_config_file_overrides_and_errors(tmp_path):
                    (["trunc_length=abc"], "expects int"),
                    (["colour=red"], "Unknown config field"),
                    (["rule_config={bogus: 1}"], "bad rule_config"),
+                   (["rule_config.bogus=1"], "bad rule_config"),
+                   (["rule_config.a.b=1"], "one rule_config entry"),
+                   (["std.x=1"], "only rule_config takes a dotted key"),
                    (["loss_weighting=late"], "loss_weighting must be")]:
     with pytest.raises(ConfigError, match=msg):
       load_config(None, bad)
