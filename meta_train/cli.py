@@ -12,10 +12,11 @@ Usage::
 MetaTrainConfig` fields (defaults for the rest); ``--set`` overrides fields
 (values parsed as YAML, e.g. ``--set num_tasks=4 --set
 rule_config='{hidden_sizes: [8]}'``; ``--set rule_config.norm_sample=512``
-sets one entry of ``rule_config`` and keeps the rest). ``--resume`` continues from the latest
-checkpoint in ``--out`` (with the config saved there unless ``--config`` is
-given). Results land in ``--out``: ``final.lopt``, ``best.lopt``,
-``summary.json``, ``tb/`` (TensorBoard) and ``checkpoints/``.
+sets one entry of ``rule_config`` and keeps the rest). ``--resume``
+continues from the latest checkpoint in ``--out`` (with the config saved
+there unless ``--config`` is given). Results land in ``--out``:
+``final.lopt``, ``best.lopt``, ``summary.json``, ``tb/`` (TensorBoard) and
+``checkpoints/``.
 
 ``--ray`` starts a local Ray with the machine's cores, ``--ray-address``
 connects to a running cluster (e.g. ``ray start --head``); gradient workers

@@ -21,10 +21,9 @@ family instance share parameter shapes, so a batch of them trains under
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 
 PyTree = Any
 Array = jax.Array

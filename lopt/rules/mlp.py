@@ -19,11 +19,11 @@ features x = [g, p, m_1..3, sqrt(v), rsqrt(v), g rsqrt(v), m_1..3 rsqrt(v),
 vhat_1..3, rsqrt(vhat_1..3), g rsqrt(vhat_1..3), m_1..3 rsqrt(vhat_1..3)]
 (with ``rsqrt(x) = 1/sqrt(x + eps)``, ``sqrt(v)`` computed as
 ``v rsqrt(v)``, and for factored tensors ``rsqrt(vhat_k)`` as the product
-of row and column factors ``rsqrt(r_k) rsqrt(c_k) sqrt(mean(r_k))``), each divided by its RMS over the tensor
-(``x_f / sqrt(mean(x_f^2) + eps)``; for tensors above ``norm_sample`` elements
-the mean runs over a fixed evenly strided subset of that size), and time
-features
-``tanh(frac / s)`` of the fraction of training done ``frac = step / num_steps``.
+of row and column factors ``rsqrt(r_k) rsqrt(c_k) sqrt(mean(r_k))``), each
+divided by its RMS over the tensor (``x_f / sqrt(mean(x_f^2) + eps)``; for
+tensors above ``norm_sample`` elements the mean runs over a fixed evenly
+strided subset of that size), and time features ``tanh(frac / s)`` of the
+fraction of training done ``frac = step / num_steps``.
 A small MLP (ReLU) maps the features to a direction ``d`` and a magnitude
 ``mg``, plus a linear skip path from the features to ``d``::
 
@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
