@@ -17,6 +17,16 @@ from typing import IO, Any, Iterator
 
 
 def _umask() -> int:
+  """The process umask. Read from ``/proc/self/status`` where it is there
+  (Linux >= 4.7): ``os.umask`` can only read it by setting it, and for that
+  moment another thread's new files would get mode 0o666/0o777."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError, IndexError):
+    pass
   mask = os.umask(0)
   os.umask(mask)
   return mask

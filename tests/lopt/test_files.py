@@ -38,3 +38,26 @@ def test_only_whole_file_write_modes():
   with pytest.raises(ValueError, match="mode must be 'w' or 'wb'"):
     with files.atomic_open("x", "a"):
       pass
+
+
+def test_umask_is_read_without_changing_it(monkeypatch):
+  """``_umask`` reads the umask from /proc where it can (no window in which
+  another thread's new files get a zero umask) and falls back to
+  ``os.umask``; both give the current value and leave it unchanged."""
+  import builtins
+  old = os.umask(0o027)
+  try:
+    assert files._umask() == 0o027
+    real_open = builtins.open
+
+    def no_proc(path, *a, **k):
+      if str(path).startswith("/proc/"):
+        raise OSError("no /proc here")
+      return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    assert files._umask() == 0o027
+    monkeypatch.undo()
+    assert os.umask(0o027) == 0o027          # unchanged by either path
+  finally:
+    os.umask(old)
