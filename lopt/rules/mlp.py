@@ -206,13 +206,28 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
   """The factor arrays ``A`` [8, n'] and ``B`` [7, n'] at every
   ``stride``-th element (row-major) of the tensor, ``n' = ceil(n / stride)``;
   ``A[i] * B[j]`` equals the feature with factors ``(i, j)`` exactly as
-  :func:`_features_from` computes it. (Factored tensors sampled at stride 1
-  take :meth:`PerParamMLP._feature_inv_rms_exact_factored` instead.)"""
+  :func:`_features_from` computes it. Returns ``(A, B, vh_ms)``.
+
+  A factored tensor read at every element (``stride == 1``) gets ``A``
+  without its three ``vhat_k`` rows and their mean squares ``vh_ms`` [3]
+  instead: ``vhat_k[l, i, j] = r_li cv_lj`` (``l`` the leading axes) is an
+  outer product, so ``mean(vhat_k^2) = mean_l(mean_i r_li^2 mean_j cv_lj^2)``
+  (the same values up to float rounding, no ``[3, n]`` ``vhat`` array, and a
+  5-row product: 9% more meta-training throughput, README performance
+  section). Otherwise ``vh_ms`` is None."""
   shape = g.shape
   n = math.prod(shape)
   sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]   # [K, n']
   rv = jax.lax.rsqrt(sample(ls.v[None]) + _EPS)
-  if _factored(shape):
+  vh_ms = None
+  if _factored(shape) and stride == 1:
+    r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row, ls.col)
+    rs = (r_rs[..., :, None] * c_rs[..., None, :]).reshape(3, -1)
+    lead = tuple(range(1, r.ndim - 1))
+    vh_ms = jnp.mean(jnp.mean(jnp.square(r), -1) *
+                     jnp.mean(jnp.square(c_vhat), -1), axis=lead)
+    vh = None                                        # no vhat rows in A
+  elif _factored(shape):
     # The row / column factors at the sampled elements, gathered from the
     # small [3, rows] / [3, cols] arrays with static indices: nothing of the
     # tensor's full size is computed (a stride that does not divide the
@@ -229,10 +244,10 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
     vh = sample(ls.row)
     rs = jax.lax.rsqrt(vh + _EPS)
   one = jnp.ones_like(rv)
-  a = jnp.concatenate([one, rv, rs, vh])
+  a = jnp.concatenate([one, rv, rs] + ([] if vh is None else [vh]))
   b = jnp.concatenate([sample(g[None]), sample(p[None]), sample(ls.m),
                        sample(ls.v[None]), one])
-  return a, b
+  return a, b, vh_ms
 
 
 def _bcast(d: jax.Array, ndim: int) -> jax.Array:
@@ -405,45 +420,17 @@ class PerParamMLP:
     (23 passes over the tensor, see README performance section).
     """
     stride = sample_stride(g.shape, self.norm_sample)
-    if _factored(g.shape) and stride == 1:
-      return self._feature_inv_rms_exact_factored(g, p, ls)
-    a, b = _factor_rows(g, p, ls, stride)
+    a, b, vh_ms = _factor_rows(g, p, ls, stride)
     # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix
     # product instead of 23 reductions (which compile to ~90 tiny kernels per
     # tensor whose launch overhead exceeds the arithmetic; README
     # performance section).
     ms = jnp.dot(jnp.square(a), jnp.square(b).T,
                  precision=jax.lax.Precision.HIGHEST) / a.shape[-1]
-    rows, cols = zip(*_FEATURE_FACTORS)
-    return jax.lax.rsqrt(ms[jnp.array(rows), jnp.array(cols)] + _NORM_EPS)
-
-  def _feature_inv_rms_exact_factored(self, g, p, ls: LeafState
-                                      ) -> jax.Array:
-    """:meth:`_feature_inv_rms` of a factored tensor over all its elements.
-
-    The ``vhat_k`` features are outer products of row and column factors
-    (``vhat_k[l, i, j] = r_li cv_lj``, ``l`` the leading axes), so their mean
-    squares are separable, ``mean(vhat_k^2) = mean_l(mean_i r_li^2
-    mean_j cv_lj^2)``, and only the other 5 rows of ``A`` (and no ``[3, n]``
-    ``vhat`` array) enter the product: 9% more meta-training throughput
-    (README performance section), the same values up to float rounding.
-    """
-    r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row, ls.col)
-    flat = lambda x: x.reshape(x.shape[0], -1)
-    rs = flat(r_rs[..., :, None] * c_rs[..., None, :])               # [3, n]
-    rv = jax.lax.rsqrt(flat(ls.v[None]) + _EPS)
-    one = jnp.ones_like(rv)
-    a = jnp.concatenate([one, rv, rs])                      # rows _A_ONE.._A_VH
-    b = jnp.concatenate([flat(g[None]), flat(p[None]), flat(ls.m),
-                         flat(ls.v[None]), one])
-    ms = jnp.dot(jnp.square(a), jnp.square(b).T,
-                 precision=jax.lax.Precision.HIGHEST) / a.shape[-1]  # [5, 7]
-    lead = tuple(range(1, r.ndim - 1))
-    vh_ms = jnp.mean(jnp.mean(jnp.square(r), -1) *
-                     jnp.mean(jnp.square(c_vhat), -1), axis=lead)    # [3]
-    # The vhat rows of the full [8, 7] table (only their column _B_ONE is
-    # read).
-    ms = jnp.concatenate([ms, jnp.broadcast_to(vh_ms[:, None], (3, 7))])
+    if vh_ms is not None:
+      # The vhat rows of the [8, 7] table, computed separably (only their
+      # column _B_ONE is read).
+      ms = jnp.concatenate([ms, jnp.broadcast_to(vh_ms[:, None], (3, 7))])
     rows, cols = zip(*_FEATURE_FACTORS)
     return jax.lax.rsqrt(ms[jnp.array(rows), jnp.array(cols)] + _NORM_EPS)
 
