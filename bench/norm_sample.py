@@ -123,22 +123,22 @@ def main(argv=None):
     def measure(params, state, key):
       kb, kl = jax.random.split(key)
       g = jax.grad(task.loss)(params, task.sample_batch(kb), kl)
-      out = {}
+      out = {n: [] for n in rules}
       flat_p, treedef = jax.tree.flatten(params)
-      flat_g = treedef.flatten_up_to(g)
-      flat_ls = treedef.flatten_up_to(state.leaves)
-      flat_mu = treedef.flatten_up_to(state.mu_scale)
-      for n, rule in rules.items():
-        rows = []
-        for g_, p_, ls_, mu_ in zip(flat_g, flat_p, flat_ls, flat_mu):
-          if g_.size <= n:          # exact at this sample size
+      leaves = zip(flat_p, treedef.flatten_up_to(g),
+                   treedef.flatten_up_to(state.leaves),
+                   treedef.flatten_up_to(state.mu_scale))
+      for p_, g_, ls_, mu_ in leaves:
+        if g_.size <= min(samples):   # exact at every sample size
+          continue
+        u_ex, inv_ex = leaf_update(exact, g_, p_, ls_, mu_, state.step)
+        for n, rule in rules.items():
+          if g_.size <= n:            # exact at this sample size
             continue
-          u_ex, inv_ex = leaf_update(exact, g_, p_, ls_, mu_, state.step)
           u_s, inv_s = leaf_update(rule, g_, p_, ls_, mu_, state.step)
           rel = (jnp.linalg.norm((u_s - u_ex).ravel()) /
                  (jnp.linalg.norm(u_ex.ravel()) + 1e-30))
-          rows.append((jnp.abs(jnp.log(inv_ex / inv_s)), rel))
-        out[n] = rows
+          out[n].append((jnp.abs(jnp.log(inv_ex / inv_s)), rel))
       return out
 
     chunk = jax.jit(train_chunk)
