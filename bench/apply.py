@@ -37,28 +37,31 @@ def _parse():
   return ap.parse_args()
 
 
-def main():
-  args = _parse()
-  from lopt import cpu_flags
-  cpu_flags.apply(single_thread=args.threads == 1)
+SIZES = (64, 128, 128, 10)
+BATCH = 128
+
+
+def build(rules, steps):
+  """The bench's workload: ``(opts, make_run, params, num_params)``.
+
+  ``opts`` maps ``"adam"`` (``optax.adam(1e-3)``) and ``"rule:<name>"``
+  (each rule at its initial meta-parameters via ``lopt.as_optax``) to
+  optax transformations; ``make_run(opt)`` is a jitted ``run(params, key)``
+  that trains the 64-128-128-10 MLP for ``steps`` steps in one
+  ``lax.scan``. Imported by ``bench/profile.py``."""
   import jax
   import jax.numpy as jnp
   import optax
   import lopt
 
-  steps = args.steps or (100 if args.quick else 500)
-  repeats = args.repeats or (3 if args.quick else 5)
-  sizes = (64, 128, 128, 10)
-  batch = 128
-
   key = jax.random.PRNGKey(0)
   kx, kp = jax.random.split(key)
-  xs = jax.random.normal(kx, (1024, sizes[0]))
-  ys = jax.random.randint(kx, (1024,), 0, sizes[-1])
+  xs = jax.random.normal(kx, (1024, SIZES[0]))
+  ys = jax.random.randint(kx, (1024,), 0, SIZES[-1])
 
   def init_params(k):
     ps = {}
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
       k, sub = jax.random.split(k)
       ps[f"layer{i}"] = {"w": jax.random.normal(sub, (a, b)) / jnp.sqrt(a),
                          "b": jnp.zeros((b,))}
@@ -66,7 +69,7 @@ def main():
 
   def loss_fn(ps, x, y):
     h = x
-    n = len(sizes) - 1
+    n = len(SIZES) - 1
     for i in range(n):
       h = h @ ps[f"layer{i}"]["w"] + ps[f"layer{i}"]["b"]
       if i < n - 1:
@@ -74,12 +77,11 @@ def main():
     return optax.softmax_cross_entropy_with_integer_labels(h, y).mean()
 
   params = init_params(kp)
-  num_params = lopt.tree_size(params)
 
   def make_run(opt):
     def step(carry, k):
       ps, st = carry
-      idx = jax.random.randint(k, (batch,), 0, xs.shape[0])
+      idx = jax.random.randint(k, (BATCH,), 0, xs.shape[0])
       loss, g = jax.value_and_grad(loss_fn)(ps, xs[idx], ys[idx])
       upd, st = opt.update(g, st, ps, value=loss)
       return (optax.apply_updates(ps, upd), st), loss
@@ -93,16 +95,31 @@ def main():
     return run
 
   opts = {"adam": optax.adam(1e-3)}
-  floats = {}
-  for name in [r for r in args.rules.split(",") if r]:
+  for name in rules:
     rule = lopt.rules.get(name)
     theta = rule.init_meta_params(jax.random.PRNGKey(1))
-    opt = lopt.as_optax(rule, theta, steps)
-    opts["rule:" + name] = opt
-    st = jax.eval_shape(opt.init, params)
+    opts["rule:" + name] = lopt.as_optax(rule, theta, steps)
+  return opts, make_run, params, lopt.tree_size(params)
+
+
+def main():
+  args = _parse()
+  from lopt import cpu_flags
+  cpu_flags.apply(single_thread=args.threads == 1)
+  import jax
+  import jax.numpy as jnp
+
+  steps = args.steps or (100 if args.quick else 500)
+  repeats = args.repeats or (3 if args.quick else 5)
+  rules = [r for r in args.rules.split(",") if r]
+  opts, make_run, params, num_params = build(rules, steps)
+  floats = {}
+  for name in rules:
+    st = jax.eval_shape(opts["rule:" + name].init, params)
     n = sum(int(x.size) for x in jax.tree.leaves(st)
             if jnp.issubdtype(x.dtype, jnp.floating))
     floats[name] = n / num_params
+  key = jax.random.PRNGKey(0)
 
   runs = {}
   for name, opt in opts.items():
@@ -137,7 +154,7 @@ def main():
               "state_floats_per_param": round(floats[name[5:]], 3),
           } for name, v in us.items()
       },
-      "config": {"mlp": list(sizes), "batch": batch, "steps": steps,
+      "config": {"mlp": list(SIZES), "batch": BATCH, "steps": steps,
                  "repeats": repeats, "xla_threads": args.threads,
                  "xla_flags": os.environ.get("XLA_FLAGS", ""),
                  "num_params": num_params, "jax": jax.__version__,

@@ -1,0 +1,106 @@
+"""Where the time goes: per-kernel profile of a benchmark workload.
+
+Runs one of the benchmark workloads under ``jax.profiler`` and prints the
+most expensive XLA kernels (fused loops, matrix products, copies) with their
+shape and the source op that produced them (:func:`lopt.profiling.
+kernel_times`). This is how the README's performance section located, e.g.,
+the gather fusions of the normaliser sample (session 8).
+
+- ``--what apply`` (default): ``bench/apply.py``'s training step of a
+  64-128-128-10 MLP with ``--rule`` (default ``mlp``, or ``adam`` for
+  ``optax.adam``), ``--steps`` steps in one ``lax.scan``; times are per
+  training step.
+- ``--what meta_train``: one outer step of ``bench/meta_train.py``'s
+  configuration (8 digits-MLP tasks, 50-step truncations, ES-Single) in one
+  process; times are per inner step (one step of every particle).
+
+Traced times include the profiler's own cost per kernel (small kernels look
+more expensive than they are) and two kernels may overlap in time; use the
+shares to find hot spots and ``bench/apply.py`` / ``bench/meta_train.py`` to
+measure a change. Progress on stderr, one JSON object as the last stdout
+line::
+
+    {"what": ..., "unit": "us per step", "kernels_total": ...,
+     "kernels": [{"name", "opcode", "shape", "op_name", "us", "share",
+                  "runs"}, ...], "control_flow": [...]}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _parse():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--what", choices=("apply", "meta_train"), default="apply")
+  ap.add_argument("--rule", default="mlp",
+                  help="a lopt rule name, or 'adam' for optax.adam "
+                  "(--what apply); a rule name (--what meta_train)")
+  ap.add_argument("--steps", type=int, default=200,
+                  help="training steps per traced call (--what apply)")
+  ap.add_argument("--calls", type=int, default=3,
+                  help="traced calls to average over")
+  ap.add_argument("--top", type=int, default=25,
+                  help="kernels to print (the JSON has all)")
+  return ap.parse_args()
+
+
+def _workload(args):
+  """``(fn, fn_args, per_call)``: a jitted function, its arguments and the
+  number of steps one call runs."""
+  import jax
+  if args.what == "apply":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import apply as apply_bench          # bench/apply.py
+    rules = [] if args.rule == "adam" else [args.rule]
+    opts, make_run, params, _ = apply_bench.build(rules, args.steps)
+    opt = opts["adam" if args.rule == "adam" else "rule:" + args.rule]
+    return make_run(opt), (params, jax.random.PRNGKey(0)), args.steps
+  from lopt.meta_train.config import MetaTrainConfig
+  from lopt.meta_train.trainer import MetaTrainer
+  cfg = MetaTrainConfig(rule=args.rule, estimator="es_single", num_tasks=8,
+                        trunc_length=50, horizon_min=100, horizon_max=1000,
+                        std=0.01)
+  trainer = MetaTrainer(cfg)
+  state = trainer.init_state()
+  state, _ = trainer.step_fn(state)
+  jax.block_until_ready(state)
+  # Not donated here: the traced calls reuse the same state.
+  fn = jax.jit(trainer.step_fn.__wrapped__) if hasattr(
+      trainer.step_fn, "__wrapped__") else trainer.step_fn
+  return fn, (state,), cfg.trunc_length
+
+
+def main():
+  args = _parse()
+  from lopt import cpu_flags
+  cpu_flags.apply(single_thread=True)
+  from lopt import profiling
+
+  fn, fn_args, per_call = _workload(args)
+  print(f"tracing {args.calls} calls ({args.what}, {args.rule}) ...",
+        file=sys.stderr)
+  kernels, control = profiling.kernel_times(fn, *fn_args, calls=args.calls)
+  total = sum(k.us_per_call for k in kernels) / per_call
+  rows = [{"name": k.name, "opcode": k.opcode, "shape": k.shape,
+           "op_name": k.op_name, "us": round(k.us_per_call / per_call, 3),
+           "share": round(k.us_per_call / per_call / total, 4),
+           "runs": round(k.runs_per_call / per_call, 3)} for k in kernels]
+  for r in rows[:args.top]:
+    print(f"{r['us']:9.2f} us {100 * r['share']:5.1f}%  {r['name']:34s} "
+          f"{r['shape']:28s} {r['op_name'][-60:]}", file=sys.stderr)
+  print(f"kernels total: {total:.1f} us per step ({len(rows)} kernels)",
+        file=sys.stderr)
+  print(json.dumps({
+      "what": args.what, "rule": args.rule, "unit": "us per step",
+      "kernels_total": round(total, 2), "kernels": rows,
+      "control_flow": [{"name": k.name, "us": round(k.us_per_call / per_call,
+                                                    3),
+                        "op_name": k.op_name} for k in control]}))
+
+
+if __name__ == "__main__":
+  main()
