@@ -4,8 +4,12 @@
 Each optimizer runs ``--steps`` training steps inside one jitted
 ``lax.scan`` (forward, backward and optimizer update per step); the time per
 step is the best of ``--repeats`` timed runs after a compile + warm-up run,
-as CPU time of the process (``us_per_step``, robust to other load on the
-machine) and as wall-clock time (``wall_us_per_step``).
+as wall-clock time (``us_per_step``: the step time a user sees) and as CPU
+time of the process (``cpu_us_per_step``: less sensitive to other load on
+the machine; it exceeds the wall time because XLA's CPU runtime runs parts
+of a step on a second thread). Until session 8 the contract fields held the
+CPU time and the wall time was ``wall_us_per_step``; the README has always
+judged the targets on the wall-clock ratio.
 All rules and Adam are measured in the same process, interleaved, so the
 ratio is robust to the machine's speed.
 
@@ -143,14 +147,14 @@ def main():
   adam_us = us.pop("adam")
   adam_wall = wall.pop("adam")
   out = {
-      "adam_us_per_step": round(adam_us, 2),
-      "adam_wall_us_per_step": round(adam_wall, 2),
+      "adam_us_per_step": round(adam_wall, 2),
+      "adam_cpu_us_per_step": round(adam_us, 2),
       "rules": {
           name[5:]: {
-              "us_per_step": round(v, 2),
-              "ratio_to_adam": round(v / adam_us, 3),
-              "wall_us_per_step": round(wall[name], 2),
-              "wall_ratio_to_adam": round(wall[name] / adam_wall, 3),
+              "us_per_step": round(wall[name], 2),
+              "ratio_to_adam": round(wall[name] / adam_wall, 3),
+              "cpu_us_per_step": round(v, 2),
+              "cpu_ratio_to_adam": round(v / adam_us, 3),
               "state_floats_per_param": round(floats[name[5:]], 3),
           } for name, v in us.items()
       },
