@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -175,3 +175,49 @@ def aggregate(speedups: Sequence[Speedup]) -> Dict[str, float]:
       "num_lower_bounds": int(sum(s.lower_bound for s in speedups)),
       "num_faster": int(sum(v > 1 for v in vals)),
   }
+
+
+def seed_bootstrap(per_task: Sequence[Tuple[np.ndarray, np.ndarray]],
+                   window: Optional[int] = None, num_resamples: int = 200,
+                   level: float = 0.9, seed: int = 0) -> Dict[str, List[float]]:
+  """Seed-bootstrap interval of the median and IQM speedup over tasks.
+
+  ``per_task`` holds, per task, ``(curves, sweep_curves)`` as passed to
+  :func:`speedup_over_sweep`: ``[S, T_A]`` (one curve per seed) and
+  ``[L, S, T_B]``. Each resample draws ``S`` seeds with replacement per
+  task, independently for the optimizer and for the sweep (one draw shared by
+  all of the sweep's learning rates, whose runs share seeds), recomputes every
+  task's speedup and takes the median and IQM over tasks. Returns
+  ``{"median": [lo, hi], "iqm": [lo, hi]}``, the central ``level`` interval
+  of the resampled statistics.
+
+  What it measures: how much the headline numbers depend on which seeds were
+  run. With few seeds (3 in the README's command) it is a rough guide, not a
+  calibrated confidence interval; with one seed it is a single point.
+  """
+  if not 0 < level < 1:
+    raise ValueError(f"level must be in (0, 1), got {level}.")
+  if num_resamples < 1:
+    raise ValueError(f"num_resamples must be >= 1, got {num_resamples}.")
+  if not per_task:
+    return {"median": [float("nan")] * 2, "iqm": [float("nan")] * 2}
+  rng = np.random.default_rng(seed)
+  prepared = []
+  for curves, sweep in per_task:
+    c = np.asarray(curves, np.float64)
+    c = c.reshape(-1, c.shape[-1])                            # [S, T_A]
+    sw = np.asarray(sweep, np.float64)
+    sw = sw.reshape(sw.shape[0], -1, sw.shape[-1])            # [L, S, T_B]
+    prepared.append((c, sw))
+  medians, iqms = [], []
+  for _ in range(num_resamples):
+    vals = []
+    for c, sw in prepared:
+      ic = rng.integers(0, c.shape[0], c.shape[0])
+      isw = rng.integers(0, sw.shape[1], sw.shape[1])
+      vals.append(speedup_over_sweep(c[ic], sw[:, isw], window).value)
+    medians.append(float(np.median(vals)))
+    iqms.append(iqm(vals))
+  q = [(1 - level) / 2, 1 - (1 - level) / 2]
+  return {"median": [float(x) for x in np.quantile(medians, q)],
+          "iqm": [float(x) for x in np.quantile(iqms, q)]}

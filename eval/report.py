@@ -61,6 +61,17 @@ def _columns(record) -> List[str]:
   return list(first["runs"])
 
 
+def _fmt_stat(summary: Dict[str, Any], stat: str) -> str:
+  v = summary.get(stat)
+  if v is None or not math.isfinite(v):
+    return "n/a"
+  text = f"{v:.2f}x"
+  iv = summary.get(f"{stat}_interval")
+  if iv and all(x is not None and math.isfinite(x) for x in iv):
+    text += f" [{iv[0]:.2f}-{iv[1]:.2f}]"
+  return text
+
+
 def markdown(record: Dict[str, Any]) -> str:
   """Markdown tables: final smoothed loss, speedup (per task + median / IQM),
   final validation metrics and wall-clock per step."""
@@ -111,11 +122,18 @@ def markdown(record: Dict[str, Any]) -> str:
       rows.append([t] + [sp[o][b]["text"] for o in opts for b in tuned])
     for stat in ("median", "iqm"):
       rows.append([f"**{stat}**"] + [
-          f"{record['summary'][o][b][stat]:.2f}x"
-          if record["summary"][o][b][stat] is not None and
-          math.isfinite(record["summary"][o][b][stat]) else "n/a"
+          _fmt_stat(record["summary"][o][b], stat)
           for o in opts for b in tuned])
     table(header, rows)
+    intervals = [record["summary"][o][b].get("interval")
+                 for o in opts for b in tuned]
+    if any(intervals):
+      out.append(f"In brackets: interval of the "
+                 f"{next(i for i in intervals if i)}: seeds drawn with "
+                 "replacement per task, every speedup recomputed. It shows "
+                 "how much the number depends on which seeds ran; it is not "
+                 "a calibrated confidence interval.")
+      out.append("")
 
   metric_names = sorted({k for t in tasks
                          for r in record["tasks"][t]["runs"].values()

@@ -41,6 +41,10 @@ from lopt.eval import specs as specs_lib
 from lopt.eval import tuning
 
 RECORD_FORMAT = "lopt.eval/1"
+#: Seed-bootstrap interval of the summary's median / IQM speedups
+#: (:func:`lopt.eval.metrics.seed_bootstrap`).
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_LEVEL = 0.9
 
 #: Progress callback ``(event, info)``, called from the calling thread:
 #: ``"start"`` (info: ``total`` units of work) then one ``"done"`` per unit
@@ -379,6 +383,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
 
   task_records: Dict[str, Any] = {}
   speedup_objs: Dict[tuple, List[metrics_lib.Speedup]] = {}
+  boot_inputs: Dict[tuple, List[tuple]] = {}
   for task in task_objs:
     tname = getattr(task, "name", type(task).__name__)
     runs: Dict[str, Any] = {}
@@ -426,6 +431,8 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
         sp = metrics_lib.speedup_over_sweep(curves[spec.label],
                                             sweep_curves[b], window)
         speedup_objs.setdefault((spec.label, b), []).append(sp)
+        boot_inputs.setdefault((spec.label, b), []).append(
+            (curves[spec.label], sweep_curves[b]))
         speedups[spec.label][b] = sp.to_json() | {
             "baseline_lr": (None if sp.baseline_index is None
                             else runs[b]["lrs"][sp.baseline_index])}
@@ -439,8 +446,15 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
   for spec, _ in parsed:
     summary[spec.label] = {}
     for b in [f"{s.name} (tuned)" for s, _ in sweeps]:
-      summary[spec.label][b] = metrics_lib.aggregate(
-          speedup_objs.get((spec.label, b), []))
+      agg = metrics_lib.aggregate(speedup_objs.get((spec.label, b), []))
+      boot = metrics_lib.seed_bootstrap(boot_inputs.get((spec.label, b), []),
+                                        window, BOOTSTRAP_RESAMPLES,
+                                        BOOTSTRAP_LEVEL)
+      agg["median_interval"] = boot["median"]
+      agg["iqm_interval"] = boot["iqm"]
+      agg["interval"] = (f"{BOOTSTRAP_LEVEL:.0%} seed bootstrap "
+                         f"({BOOTSTRAP_RESAMPLES} resamples)")
+      summary[spec.label][b] = agg
 
   return {
       "format": RECORD_FORMAT,

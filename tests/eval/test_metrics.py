@@ -106,3 +106,44 @@ def test_speedup_over_sweep_takes_the_fastest_rate_for_the_target():
   s = metrics.speedup_over_sweep(learned[None], sweep[..., :3 * T // 2], 1)
   assert s.lower_bound and s.value == pytest.approx(1.5)
   assert s.baseline_index is None and str(s).startswith(f">= {3 * T // 2}/")
+
+
+def _decaying(rate, steps, seeds_scale):
+  """[S, T] curves exp(-rate * t * s) for per-seed scales s."""
+  t = np.arange(1, steps + 1)
+  return np.stack([np.exp(-rate * s * t) for s in seeds_scale])
+
+
+def test_seed_bootstrap_collapses_when_seeds_agree():
+  # Identical seeds: every resample is the original sample.
+  opt = _decaying(0.02, 100, [1.0, 1.0, 1.0])
+  sweep = np.stack([_decaying(r, 200, [1.0, 1.0, 1.0])
+                    for r in (0.005, 0.01)])
+  per_task = [(opt, sweep), (opt * 2, sweep)]
+  point = metrics.aggregate([metrics.speedup_over_sweep(c, s)
+                             for c, s in per_task])
+  boot = metrics.seed_bootstrap(per_task, num_resamples=20)
+  assert boot["median"] == pytest.approx([point["median"]] * 2)
+  assert boot["iqm"] == pytest.approx([point["iqm"]] * 2)
+
+
+def test_seed_bootstrap_widens_with_seed_spread_and_is_deterministic():
+  opt = _decaying(0.02, 100, [0.6, 1.0, 1.6])       # seeds disagree
+  sweep = np.stack([_decaying(r, 300, [0.8, 1.0, 1.2])
+                    for r in (0.005, 0.01, 0.02)])
+  per_task = [(opt, sweep)] * 3
+  a = metrics.seed_bootstrap(per_task, num_resamples=100, seed=3)
+  b = metrics.seed_bootstrap(per_task, num_resamples=100, seed=3)
+  assert a == b
+  lo, hi = a["median"]
+  assert lo < hi
+  assert a["iqm"][0] <= a["iqm"][1]
+
+
+def test_seed_bootstrap_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="level"):
+    metrics.seed_bootstrap([], level=1.5)
+  with pytest.raises(ValueError, match="num_resamples"):
+    metrics.seed_bootstrap([], num_resamples=0)
+  empty = metrics.seed_bootstrap([])
+  assert all(np.isnan(x) for x in empty["median"] + empty["iqm"])

@@ -53,6 +53,8 @@ def test_evaluate_record_report_and_cache(registry, tmp_path):
   assert set(sp) >= {"value", "lower_bound", "text", "target"}
   summ = rec["summary"]["sgdm:lr=0.05"]["adam (tuned)"]
   assert summ["num_tasks"] == 2 and summ["median"] > 0
+  lo, hi = summ["median_interval"]
+  assert 0 <= lo <= hi and "seed bootstrap" in summ["interval"]
 
   paths = report.write_all(rec, str(tmp_path / "out"), tensorboard=True)
   with open(paths["json"]) as f:
@@ -60,6 +62,7 @@ def test_evaluate_record_report_and_cache(registry, tmp_path):
   assert back["tasks"]["quad"]["eval_steps"][-1] == 40
   md = open(paths["markdown"]).read()
   assert "| logistic |" in md and "**median**" in md and "adam (tuned)" in md
+  assert f"[{lo:.2f}-{hi:.2f}]" in md and "90% seed bootstrap" in md
   for p in paths["curves"] + [paths["speedup"]]:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
