@@ -312,7 +312,9 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
 
   Returns:
     The record: ``{"format", "created", "config", "tasks": {name: {...}},
-    "summary": {optimizer: {baseline: {"median", "iqm", ...}}}}``.
+    "summary": {optimizer: {baseline: {"median", "iqm", "median_interval",
+    "iqm_interval", ...}}}}`` (the intervals: 90% seed bootstrap,
+    :func:`lopt.eval.metrics.seed_bootstrap`).
   """
   if isinstance(num_steps, bool) or int(num_steps) < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
