@@ -28,6 +28,12 @@ from lopt.meta_train.influence import InfluenceBalancing
 from lopt.meta_train.logging import read_scalars
 from lopt.meta_train.trainer import MetaTrainer
 
+# Ray starts its daemons and workers as subprocesses (fork immediately
+# followed by exec), which trips JAX's os.fork warning; as in
+# lopt.meta_train.distributed.ray_connection, it is harmless here.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:os\.fork\(\) was called:RuntimeWarning")
+
 TINY = dict(rule="sgd", task_family="quadratic", num_tasks=4, trunc_length=5,
             horizon_min=6, horizon_max=20, outer_steps=4, log_every=1,
             checkpoint_every=0)
