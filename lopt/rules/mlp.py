@@ -217,23 +217,22 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
   shape = g.shape
   sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]   # [K, n']
   rv = jax.lax.rsqrt(sample(ls.v[None]) + _EPS)
-  vh_ms = None
-  if _factored(shape) and stride == 1:
+  vh_ms = vh = None
+  if _factored(shape):
     r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row, ls.col)
-    rs = (r_rs[..., :, None] * c_rs[..., None, :]).reshape(3, -1)
-    lead = tuple(range(1, r.ndim - 1))
-    vh_ms = jnp.mean(jnp.mean(jnp.square(r), -1) *
-                     jnp.mean(jnp.square(c_vhat), -1), axis=lead)
-    vh = None                                        # no vhat rows in A
-  elif _factored(shape):
-    # The row / column factors' outer products at the sampled elements, as
-    # strided slices of the broadcast products (XLA fuses the slice and
-    # computes only the sampled elements). Gathering the factors at static
-    # sample indices instead made XLA recompute them at every sampled
-    # element in scalar code: 206 -> 182 us per step on bench/apply.py.
-    r, c_vhat, r_rs, c_rs = _row_col_factors(ls.row, ls.col)
-    vh = sample(r[..., :, None] * c_vhat[..., None, :])
+    # The rsqrt(vhat_k) rows: the factors' outer products at the sampled
+    # elements, as strided slices of the broadcast products (XLA fuses the
+    # slice and computes only the sampled elements). Gathering the factors
+    # at static sample indices instead made XLA recompute them at every
+    # sampled element in scalar code: 206 -> 182 us per step on
+    # bench/apply.py.
     rs = sample(r_rs[..., :, None] * c_rs[..., None, :])
+    if stride == 1:
+      lead = tuple(range(1, r.ndim - 1))
+      vh_ms = jnp.mean(jnp.mean(jnp.square(r), -1) *
+                       jnp.mean(jnp.square(c_vhat), -1), axis=lead)
+    else:
+      vh = sample(r[..., :, None] * c_vhat[..., None, :])
   else:
     vh = sample(ls.row)
     rs = jax.lax.rsqrt(vh + _EPS)
