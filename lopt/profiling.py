@@ -81,13 +81,15 @@ def kernel_times(fn: Callable[..., Any], *args: Any, calls: int = 3
                     "jax.jit first.")
   if calls < 1:
     raise ValueError(f"calls must be >= 1, got {calls}.")
-  instrs = _instructions(fn.lower(*args).compile().as_text())
-  jax.block_until_ready(fn(*args))                       # compile + warm up
+  # Run the executable whose HLO names the kernels (compiled once).
+  compiled = fn.lower(*args).compile()
+  instrs = _instructions(compiled.as_text())
+  jax.block_until_ready(compiled(*args))                 # warm up
   with tempfile.TemporaryDirectory(prefix="lopt_profile_") as tmp:
     jax.profiler.start_trace(tmp)
     try:
       for _ in range(calls):
-        jax.block_until_ready(fn(*args))
+        jax.block_until_ready(compiled(*args))
     finally:
       jax.profiler.stop_trace()
     files = sorted(glob.glob(os.path.join(tmp, "**", "*.xplane.pb"),
