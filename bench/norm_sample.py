@@ -86,17 +86,19 @@ def main(argv=None):
   rules = {n: dataclasses.replace(loaded.rule, norm_sample=n)
            for n in samples}
   theta = loaded.theta
+  # Loss features (if the rule reads them) held at zero: the normaliser
+  # comparison does not depend on them.
+  loss_feats = (jnp.zeros((len(lopt.rules.common.LOSS_DECAYS),))
+                if loaded.rule.uses_loss else None)
 
   def leaf_update(rule, g, p, ls, mu, step):
     """One tensor's update and 1/RMS from the same accumulators."""
     _, feats, inv = rule.leaf_prepare(g, p, ls)
     time_feats = lopt.rules.common.time_features(
         step, jnp.float32(steps), rule.timescales)
-    log_scale = rule.log_step_scale(theta, time_feats,
-                                    jnp.zeros((3,)) if rule.uses_loss
-                                    else None)
+    log_scale = rule.log_step_scale(theta, time_feats, loss_feats)
     u = rule.leaf_apply(theta, time_feats, feats, inv, log_scale, mu, p,
-                        jnp.zeros((3,)) if rule.uses_loss else None)
+                        loss_feats)
     return u, inv
 
   records = {n: {"ratio": [], "upd": []} for n in samples}
