@@ -93,6 +93,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lopt: unknown command {cmd!r}; expected one of "
           f"{', '.join(_COMMANDS)}.", file=sys.stderr)
     return 2
+  # Compiled programs are kept on disk for the next run (lopt.compile_cache;
+  # $LOPT_XLA_CACHE_DIR=off turns it off). Before any compilation.
+  from lopt import compile_cache
+  compile_cache.enable()
   if cmd == "quickstart":
     try:
       return quickstart(argv[1:])

@@ -9,6 +9,8 @@ from lopt import cpu_flags  # noqa: E402  (imports jax; its backend starts later
 cpu_flags.apply()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The suite never writes a persistent compilation cache (lopt.compile_cache).
+os.environ.setdefault("LOPT_XLA_CACHE_DIR", "off")
 
 import pytest  # noqa: E402
 
