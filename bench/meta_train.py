@@ -40,6 +40,24 @@ import os
 import sys
 import time
 
+#: The issue's reference configuration (module docstring).
+NUM_TASKS = 8
+TRUNC_LENGTH = 50
+HORIZONS = (100, 1000)
+STD = 0.01
+
+
+def bench_config(rule: str, estimator: str, num_tasks: int = NUM_TASKS,
+                 trunc_length: int = TRUNC_LENGTH):
+  """The benchmark's meta-training config for ``rule`` + ``estimator``
+  (digits-MLP family by default). Also used by ``bench/profile.py``, so
+  that its profile is of this workload."""
+  from lopt.meta_train.config import MetaTrainConfig
+  return MetaTrainConfig(rule=rule, estimator=estimator, num_tasks=num_tasks,
+                         trunc_length=trunc_length, horizon_min=HORIZONS[0],
+                         horizon_max=HORIZONS[1], std=STD)
+
+
 def _parse(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true",
@@ -50,8 +68,8 @@ def _parse(argv=None):
   ap.add_argument("--steps", type=int, default=None,
                   help="outer steps per timed window")
   ap.add_argument("--repeats", type=int, default=None)
-  ap.add_argument("--num-tasks", type=int, default=8)
-  ap.add_argument("--trunc-length", type=int, default=50)
+  ap.add_argument("--num-tasks", type=int, default=NUM_TASKS)
+  ap.add_argument("--trunc-length", type=int, default=TRUNC_LENGTH)
   ap.add_argument("--combos", default=None,
                   help="comma list of rule+estimator (default: mlp+es_single,"
                   "mlp+pes,sgd+es_single,sgd+pes)")
@@ -74,16 +92,13 @@ def _worker(rank, procs, combos, args, barrier, queue):
     pin_to_cpu(rank)
   import jax
   import numpy as np
-  from lopt.meta_train.config import MetaTrainConfig
   from lopt.meta_train.trainer import MetaTrainer
 
   slices = np.array_split(np.arange(args.num_tasks), procs)
   mine = [int(i) for i in slices[rank]]
   for combo in combos:
     rule, est = combo.split("+")
-    cfg = MetaTrainConfig(rule=rule, estimator=est, num_tasks=args.num_tasks,
-                          trunc_length=args.trunc_length, horizon_min=100,
-                          horizon_max=1000, std=0.01)
+    cfg = bench_config(rule, est, args.num_tasks, args.trunc_length)
     trainer = MetaTrainer(cfg, task_indices=mine)
     state = trainer.init_state()
     t0 = time.perf_counter()
@@ -172,7 +187,7 @@ def main(argv=None):
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
-                   "horizons": [100, 1000], "task_family": "digits_mlp",
+                   "horizons": list(HORIZONS), "task_family": "digits_mlp",
                    "outer_steps_per_window": args.steps,
                    "repeats": args.repeats, "pinned": args.pin,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}

@@ -14,10 +14,10 @@ the gather fusions of the normaliser sample (session 8).
   configuration (8 digits-MLP tasks, 50-step truncations, ES-Single) in one
   process; times are per inner step (one step of every particle).
 
-Traced times include the profiler's own cost per kernel (small kernels look
-more expensive than they are) and two kernels may overlap in time; use the
-shares to find hot spots and ``bench/apply.py`` / ``bench/meta_train.py`` to
-measure a change. Progress on stderr, one JSON object as the last stdout
+Traced times are not wall time (see the caveats in :mod:`lopt.profiling`:
+the profiler's own cost per kernel, overlapping kernels, YNNPACK kernels at
+about twice their cost); use the shares to find hot spots and
+``bench/apply.py`` / ``bench/meta_train.py`` to measure a change. Progress on stderr, one JSON object as the last stdout
 line::
 
     {"what": ..., "unit": "us per step", "kernels_total": ...,
@@ -48,22 +48,30 @@ def _parse():
   return ap.parse_args()
 
 
+def _bench_module(name):
+  """``bench/<name>.py`` as a module (by path: ``meta_train`` would
+  otherwise resolve to lopt's package of that name)."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _workload(args):
   """``(fn, fn_args, per_call)``: a jitted function, its arguments and the
   number of steps one call runs."""
   import jax
   if args.what == "apply":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import apply as apply_bench          # bench/apply.py
     rules = [] if args.rule == "adam" else [args.rule]
-    opts, make_run, params, _ = apply_bench.build(rules, args.steps)
+    opts, make_run, params, _ = _bench_module("apply").build(rules,
+                                                             args.steps)
     opt = opts["adam" if args.rule == "adam" else "rule:" + args.rule]
     return make_run(opt), (params, jax.random.PRNGKey(0)), args.steps
-  from lopt.meta_train.config import MetaTrainConfig
   from lopt.meta_train.trainer import MetaTrainer
-  cfg = MetaTrainConfig(rule=args.rule, estimator="es_single", num_tasks=8,
-                        trunc_length=50, horizon_min=100, horizon_max=1000,
-                        std=0.01)
+  cfg = _bench_module("meta_train").bench_config(args.rule, "es_single")
   trainer = MetaTrainer(cfg)
   # The outer step without trainer.step_fn's donation: the traced calls
   # reuse the same state.
