@@ -23,7 +23,7 @@ import numpy as np
 from lopt import files
 from lopt.eval.runner import RunResult
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2   # 2: the task fingerprint holds the data's content hash
 
 
 def default_cache_dir() -> str:
@@ -35,7 +35,9 @@ def default_cache_dir() -> str:
 
 def task_fingerprint(task) -> Dict[str, Any]:
   """Name, class and shapes of the task's parameters and training batch
-  (computed with ``jax.eval_shape``: no compilation, no data)."""
+  (computed with ``jax.eval_shape``: no compilation), and the content hash
+  of its data (``task.data_fingerprint()``, None for tasks without data or
+  without the method)."""
   key = jax.random.PRNGKey(0)
 
   def shapes(tree):
@@ -51,7 +53,14 @@ def task_fingerprint(task) -> Dict[str, Any]:
       "class": f"{type(task).__module__}.{type(task).__qualname__}",
       "params": shapes(jax.eval_shape(task.init, key)),
       "batch": batch,
+      "data": data_fingerprint(task),
   }
+
+
+def data_fingerprint(task) -> Optional[str]:
+  """``task.data_fingerprint()``, or None for a task object without it."""
+  fp = getattr(task, "data_fingerprint", None)
+  return fp() if callable(fp) else None
 
 
 def make_key(fields: Mapping[str, Any]) -> str:

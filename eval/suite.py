@@ -28,6 +28,7 @@ import datetime
 import functools
 import math
 import os
+import platform
 import queue
 import threading
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -35,6 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import jax
 import numpy as np
 
+from lopt.eval import cache as cache_lib
 from lopt.eval import metrics as metrics_lib
 from lopt.eval import runner
 from lopt.eval import specs as specs_lib
@@ -439,6 +441,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
             "baseline_lr": (None if sp.baseline_index is None
                             else runs[b]["lrs"][sp.baseline_index])}
     task_records[tname] = {
+        "data_fingerprint": cache_lib.data_fingerprint(task),
         "eval_steps": [int(x) for x in eval_steps],
         "runs": runs,
         "speedups": speedups,
@@ -479,6 +482,7 @@ def evaluate(optimizers: Sequence[Any], tasks: Union[str, Sequence[Any]],
           "num_test_batches": num_test_batches,
           "cache_dir": cache_dir,
           "jax_version": jax.__version__,
+          "python_version": platform.python_version(),
           "backend": jax.default_backend(),
       },
       "tasks": task_records,

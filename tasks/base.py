@@ -21,7 +21,7 @@ family instance share parameter shapes, so a batch of them trains under
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import jax
 
@@ -67,6 +67,14 @@ class Task(abc.ABC):
   def normalize_loss(self, loss: Array) -> Array:
     """Meta-loss normaliser: losses of different tasks on one scale."""
     return loss / self.loss_scale
+
+  def data_fingerprint(self) -> Optional[str]:
+    """Content hash of the data the task reads (None: the task has no
+    data beyond its own definition, e.g. a generated quadratic). Caches of
+    results on this task (``lopt.eval``'s baseline cache) key on it, so a
+    task whose data changed -- the stdlib text of another Python version, a
+    new release of a bundled dataset -- is not served stale results."""
+    return None
 
   def metrics(self, params: PyTree, batch: PyTree,
               key: Array) -> Mapping[str, Array]:

@@ -72,6 +72,9 @@ class ConvClassifier(Task):
     self.loss_scale = math.log(self.num_classes)
     self.name = name or f"{self.dataset}_conv"
 
+  def data_fingerprint(self) -> str:
+    return self._ds.fingerprint
+
   @property
   def param_meta(self) -> PyTree:
     meta, c_in = {}, 1

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import os
 import random
 import sysconfig
@@ -79,6 +80,25 @@ class Dataset:
 
   def size(self, split: str) -> int:
     return int(self.splits[split]["y"].shape[0])
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """SHA-256 (hex) of the dataset's contents: every split's ``x`` and
+    ``y`` bytes, shapes and dtypes, and ``x_scale`` (computed once)."""
+    parts = [(s, k, self.splits[s][k]) for s in SPLITS for k in ("x", "y")]
+    return content_hash(parts, extra=f"x_scale={self.x_scale!r}")
+
+
+def content_hash(parts: Sequence[tuple], extra: str = "") -> str:
+  """SHA-256 (hex) of named arrays ``[(name, ..., array), ...]``: their
+  names, dtypes, shapes and bytes, in order, then ``extra``."""
+  h = hashlib.sha256()
+  for *names, a in parts:
+    a = np.ascontiguousarray(a)
+    h.update(repr((tuple(names), a.dtype.str, a.shape)).encode())
+    h.update(a.tobytes())
+  h.update(extra.encode())
+  return h.hexdigest()
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -322,6 +342,16 @@ def text(name: str = "stdlib") -> Mapping[str, np.ndarray]:
   if name == "synthetic":
     return synthetic_text()
   raise ValueError(f"Unknown text corpus {name!r}; known: {TEXTS}.")
+
+
+@functools.lru_cache(maxsize=None)
+def text_fingerprint(name: str = "stdlib") -> str:
+  """SHA-256 (hex) of the text corpus ``name`` (:func:`content_hash` of its
+  splits). The ``stdlib`` corpus is read from the running Python's sources,
+  so it differs between Python versions (3.11.7 and 3.12.1 differ); caches
+  of results on it must key on this, not on the corpus' name."""
+  t = text(name)
+  return content_hash([(s, t[s]) for s in SPLITS])
 
 
 @functools.lru_cache(maxsize=None)

@@ -72,6 +72,7 @@ class CharTransformerLM(Task):
       raise ValueError(f"Unknown text corpus {text!r}; known: "
                        f"{datasets.TEXTS}.")
     self.dataset = f"{text}_text"
+    self._text_name = text
     self._text = datasets.device_text(text)
     for split, t in self._text.items():
       if t.shape[0] < self.seq_len + 2:
@@ -79,6 +80,9 @@ class CharTransformerLM(Task):
                          f"characters, too few for seq_len={seq_len}.")
     self.loss_scale = math.log(self.vocab_size)
     self.name = name or "char_lm"
+
+  def data_fingerprint(self) -> str:
+    return datasets.text_fingerprint(self._text_name)
 
   @property
   def param_meta(self) -> PyTree:

@@ -111,6 +111,9 @@ class MLPClassifier(Task):
   def init(self, key: Array) -> PyTree:
     return self._stack.init(key, self.init_scale)
 
+  def data_fingerprint(self) -> str:
+    return self._ds.fingerprint
+
   @property
   def param_meta(self) -> PyTree:
     return self._stack.param_meta
@@ -225,6 +228,9 @@ class MLPAutoencoder(Task):
 
   def init(self, key: Array) -> PyTree:
     return self._stack.init(key, self.init_scale)
+
+  def data_fingerprint(self) -> str:
+    return self._ds.fingerprint
 
   @property
   def param_meta(self) -> PyTree:

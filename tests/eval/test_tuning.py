@@ -74,6 +74,12 @@ def test_cache_hit_skips_work_and_gives_identical_numbers(Quad, tmp_path,
       tuning.tune(task, "adam", **{**kw, **change})
   with pytest.raises(AssertionError, match="cache hit"):
     tuning.tune(Quad(dim=5, noise=0.2, name="noisy4"), "adam", **kw)
+  # Same name and shapes, other data (e.g. the stdlib text of another
+  # Python version): a different entry.
+  other_data = Quad(dim=4, h=(1.0, 2.0), noise=0.2, name="noisy4")
+  other_data.data_fingerprint = lambda: "another corpus"
+  with pytest.raises(AssertionError, match="cache hit"):
+    tuning.tune(other_data, "adam", **kw)
 
   # A corrupt entry is recomputed (and rewritten), with the same numbers.
   monkeypatch.undo()

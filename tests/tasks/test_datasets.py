@@ -139,3 +139,50 @@ def test_bad_dataset_arguments():
   with pytest.raises(ValueError, match="matching first dimensions"):
     datasets.from_arrays("x", {s: (np.zeros((2, 3)), np.zeros(3))
                                for s in tasks.SPLITS}, 2)
+
+
+def test_fingerprints_follow_the_data_not_the_name():
+  rng = np.random.default_rng(0)
+  parts = {s: (rng.normal(size=(4, 3)), np.arange(4) % 2) for s in tasks.SPLITS}
+  a = datasets.from_arrays("toy", parts, 2)
+  assert datasets.from_arrays("toy", parts, 2).fingerprint == a.fingerprint
+  x = parts["valid"][0].copy()
+  x[1, 2] += 1e-3                                       # one element changed
+  b = datasets.from_arrays("toy", {**parts, "valid": (x, parts["valid"][1])}, 2)
+  assert b.fingerprint != a.fingerprint
+  assert datasets.from_arrays("toy", parts, 2, x_scale=0.5).fingerprint != (
+      a.fingerprint)
+  # Tasks report the content hash of what they read; generated tasks none.
+  assert tasks.get("digits_mlp_wide").data_fingerprint() == (
+      datasets.load("digits").fingerprint)
+  assert tasks.get("wine_mlp").data_fingerprint() != (
+      tasks.get("digits_mlp_wide").data_fingerprint())
+  assert tasks.get("char_lm").data_fingerprint() == (
+      datasets.text_fingerprint("stdlib"))
+  assert tasks.get("synth_lm").data_fingerprint() == (
+      datasets.text_fingerprint("synthetic"))
+  assert datasets.text_fingerprint("stdlib") != (
+      datasets.text_fingerprint("synthetic"))
+
+
+def test_stdlib_text_fingerprint_changes_with_the_python_sources(
+    monkeypatch, tmp_path):
+  # Another Python version ships other stdlib sources (3.11.7 and 3.12.1
+  # differ): the same corpus name must then give another fingerprint.
+  def fingerprint_of(root):
+    monkeypatch.setattr(datasets, "stdlib_dir", lambda: str(root))
+    datasets.stdlib_text.cache_clear()
+    datasets.text_fingerprint.cache_clear()
+    return datasets.text_fingerprint("stdlib")
+
+  try:
+    for name in datasets.STDLIB_TEXT_FILES:
+      (tmp_path / name).write_text(f"def {name[:-3]}():\n  return 1\n" * 50)
+    first = fingerprint_of(tmp_path)
+    assert fingerprint_of(tmp_path) == first
+    (tmp_path / "heapq.py").write_text("def heapq():\n  return 2\n" * 50)
+    assert fingerprint_of(tmp_path) != first
+  finally:
+    monkeypatch.undo()
+    datasets.stdlib_text.cache_clear()
+    datasets.text_fingerprint.cache_clear()
