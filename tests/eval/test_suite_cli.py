@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import lopt.tasks
-from lopt.eval import cli, report, suite
+from lopt.eval import cli, report, suite, tuning
 from lopt.eval import metrics as metrics_lib
 
 
@@ -191,6 +191,25 @@ def test_baseline_sweeps_run_longer_and_tuned_record_is_cut(registry,
   assert 0 < sp["value"] <= 100 / 40
   if not sp["lower_bound"]:
     assert sp["baseline_lr"] in (1e-3, 1e-2, 1e-1)
+  # Against the tuned learning rate's own 100-step runs (not the sweep's
+  # fastest rate per target): recomputed from the cached sweep, never lower.
+  at_lr = sp["at_tuned_lr"]
+  sweep = tuning.tune(registry["logistic"], "adam", num_steps=100, seeds=[0, 1],
+                      lrs=[1e-3, 1e-2, 1e-1], cache_dir=str(tmp_path / "c"),
+                      **{k: rec["config"][k] for k in (
+                          "eval_every", "num_valid_batches",
+                          "num_test_batches")})
+  assert sweep.from_cache
+  full = sweep.sweep.train_loss[[1e-3, 1e-2, 1e-1].index(tuned["best_lr"])]
+  want = metrics_lib.speedup(
+      np.asarray(lg["runs"]["sgdm:lr=0.05"]["train_loss"]), full,
+      rec["config"]["window"])
+  assert (at_lr["value"], at_lr["lower_bound"]) == (want.value,
+                                                    want.lower_bound)
+  assert at_lr["value"] >= sp["value"]
+  summ = rec["summary"]["sgdm:lr=0.05"]["adam (tuned)"]
+  assert summ["at_tuned_lr"]["median"] == at_lr["value"]   # one task
+  assert "tuned lr only" in report.markdown(rec)
   # Default: the optimizer's steps (speedup capped at 1).
   rec = _evaluate("logistic", tmp_path)
   assert rec["config"]["baseline_steps"] == 40
