@@ -114,7 +114,9 @@ class Job:
 
   def store(self, result: runner.RunResult) -> None:
     if self.path is not None:
-      cache_lib.save(self.path, result, {"task": self._fp, **self.fields})
+      cache_lib.save(self.path, result, {
+          "task": self._fp, "environment": cache_lib.compute_environment(),
+          **self.fields})
 
   def result(self) -> Tuple[runner.RunResult, bool]:
     """``(result, from_cache)``: the cached result, or compute and store."""

@@ -80,6 +80,11 @@ def test_cache_hit_skips_work_and_gives_identical_numbers(Quad, tmp_path,
   other_data.data_fingerprint = lambda: "another corpus"
   with pytest.raises(AssertionError, match="cache hit"):
     tuning.tune(other_data, "adam", **kw)
+  # Another compute stack (here: other XLA flags) is a different entry.
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") +
+                     " --xla_cpu_prefer_vector_width=256")
+  with pytest.raises(AssertionError, match="cache hit"):
+    tuning.tune(task, "adam", **kw)
 
   # A corrupt entry is recomputed (and rewritten), with the same numbers.
   monkeypatch.undo()
