@@ -131,13 +131,6 @@ def markdown(record: Dict[str, Any]) -> str:
         rows.append([f"{stat}, tuned lr only"] +
                     [_fmt_stat(a, stat) for a in at_lr])
     table(header, rows)
-    if all(at_lr):
-      out.append("*tuned lr only*: the same speedup against the runs of the "
-                 "tuned learning rate alone (the one with the lowest final "
-                 "loss), not the fastest rate of the sweep for each target; "
-                 "never lower than the headline value "
-                 "(`speedups.*.at_tuned_lr` in results.json).")
-      out.append("")
     intervals = [record["summary"][o][b].get("interval")
                  for o in opts for b in tuned]
     if any(intervals):
@@ -146,6 +139,13 @@ def markdown(record: Dict[str, Any]) -> str:
                  "replacement per task, every speedup recomputed. It shows "
                  "how much the number depends on which seeds ran; it is not "
                  "a calibrated confidence interval.")
+      out.append("")
+    if all(at_lr):
+      out.append("*tuned lr only*: the same speedup against the runs of the "
+                 "tuned learning rate alone (the one with the lowest final "
+                 "loss), not the fastest rate of the sweep for each target; "
+                 "never lower than the headline value "
+                 "(`speedups.*.at_tuned_lr` in results.json).")
       out.append("")
 
   metric_names = sorted({k for t in tasks
