@@ -5,8 +5,9 @@ A cache entry is one ``.npz`` file holding the arrays of a
 a SHA-256 over everything that determines the numbers: a cache format
 version, the task's fingerprint (name, class, parameter and batch shapes,
 and the content hash of its data, ``Task.data_fingerprint()``: the stdlib text
-of the LM tasks differs between Python versions), the optimizer's canonical spec, the learning-rate grid, steps, seeds and the
-evaluation schedule, and the stack that computes them
+of the LM tasks differs between Python versions), the optimizer's canonical
+spec, the learning-rate grid, steps, seeds and the evaluation schedule, and
+the stack that computes them
 (:func:`compute_environment`: jax and jaxlib versions, backend, ``XLA_FLAGS``,
 lopt's version). Change any of them and the key changes; to force
 recomputation, delete the directory or pass ``cache_dir=None``.
