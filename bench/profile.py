@@ -17,8 +17,8 @@ the gather fusions of the normaliser sample (session 8).
 Traced times are not wall time (see the caveats in :mod:`lopt.profiling`:
 the profiler's own cost per kernel, overlapping kernels, YNNPACK kernels at
 about twice their cost); use the shares to find hot spots and
-``bench/apply.py`` / ``bench/meta_train.py`` to measure a change. Progress on stderr, one JSON object as the last stdout
-line::
+``bench/apply.py`` / ``bench/meta_train.py`` to measure a change. Progress
+on stderr, one JSON object as the last stdout line::
 
     {"what": ..., "unit": "us per step", "kernels_total": ...,
      "kernels": [{"name", "opcode", "shape", "op_name", "us", "share",
