@@ -2,6 +2,7 @@
 
 import importlib.resources
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +11,14 @@ import pytest
 
 import lopt
 import lopt.tasks
-from lopt.meta_train.config import MetaTrainConfig
+from lopt.meta_train.config import MetaTrainConfig, load_config
 
 SHIPPED = sorted(
     pathlib.Path(str(p)) for p in
     importlib.resources.files("lopt.checkpoints").iterdir()
     if p.name.endswith(".lopt"))
+
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_something_is_shipped():
@@ -66,3 +69,27 @@ def test_trains_a_heldout_task(path):
   )(params)
   assert bool(jnp.all(jnp.isfinite(losses)))
   assert float(losses[-5:].mean()) < 0.7 * float(losses[0])
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_model_card_command_reproduces_the_file(path):
+  """The config the model card's command runs is the one the file records
+  (its provenance), and builds the file's rule: same name and full rule
+  config, defaults included. Only ``workers`` may differ, since the card
+  passes ``--workers`` on the command line."""
+  loaded = lopt.read(path)
+  text = path.with_suffix(".md").read_text()
+  found = re.findall(r"lopt meta-train --config (\S+)", text)
+  assert found, f"{path.stem}.md has no 'lopt meta-train --config' command"
+  config_path = _REPO / found[0]
+  assert config_path.is_file(), f"{path.stem}.md runs missing {found[0]}"
+  card_cfg = load_config(str(config_path)).validate()
+  recorded = MetaTrainConfig.from_dict(loaded.header["provenance"]["config"])
+  a, b = card_cfg.to_dict(), recorded.to_dict()
+  for d in (a, b):
+    d.pop("workers")
+    d.pop("rule_config")
+  assert a == b, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
+  rule = lopt.rules.get(card_cfg.rule, **card_cfg.rule_config)
+  assert (rule.name, rule.config()) == (loaded.rule.name,
+                                        loaded.rule.config())

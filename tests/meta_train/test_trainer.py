@@ -267,3 +267,19 @@ def test_cli_run_and_resume(tmp_path, capsys):
   # Resuming with a different shape-relevant config is refused.
   rc = cli.main(["--out", str(out), "--resume", "--set", "num_tasks=3"])
   assert rc == 2 and "differs" in capsys.readouterr().err
+
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def test_every_shipped_config_validates():
+  """Each config in configs/ (model cards and docs run them) loads and
+  validates: a renamed family, field or rule option fails here, not after
+  someone starts a meta-training run."""
+  import glob
+  paths = sorted(glob.glob(os.path.join(_REPO, "configs", "*.yaml")))
+  assert paths, "no configs/*.yaml found"
+  for path in paths:
+    load_config(path).validate()
+
