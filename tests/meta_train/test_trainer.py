@@ -1,5 +1,6 @@
 """Outer loop, config, CLI, TensorBoard, checkpoints and resume."""
 
+import glob
 import json
 import os
 
@@ -273,11 +274,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
 
-def test_every_shipped_config_validates():
-  """Each config in configs/ (model cards and docs run them) loads and
-  validates: a renamed family, field or rule option fails here, not after
+def test_every_config_in_configs_dir_validates():
+  """Each config in configs/ (the model cards and docs/ run them) loads
+  and validates: a renamed family, field or rule option fails here, not after
   someone starts a meta-training run."""
-  import glob
   paths = sorted(glob.glob(os.path.join(_REPO, "configs", "*.yaml")))
   assert paths, "no configs/*.yaml found"
   for path in paths:
