@@ -20,7 +20,10 @@ Per step, for every parameter tensor ``t``:
    weight space, as VeLO does, so the per-parameter cost is one small MLP);
 5. ``update = exp(log_step_scale + s_t) * d * exp(exp_mult * mg)`` with
    ``(d, mg)`` the mixed MLP's outputs (times ``1/fan_in`` for hidden tensors
-   in the muP variant).
+   in the muP variant). With ``learned_schedule=True`` the exponent also
+   holds the learned step schedule of :class:`~lopt.rules.mlp.PerParamMLP`,
+   ``sum_s w_s tanh(frac / s)`` (meta-parameters ``schedule``, shared by all
+   tensors, initialised to 0); off by default.
 
 The loss is required (``uses_loss = True``): pass ``value=loss`` to the optax
 transformation. Non-finite losses are ignored by the EMAs. At default
@@ -67,6 +70,8 @@ class VeLOLite:
     initial_step_scale: ``exp(log_step_scale)`` at initialisation.
     exp_mult: multiplier of the magnitude output inside the exponential.
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
+    learned_schedule: add the per-parameter MLP rule's learned step schedule
+      (a time-only decay next to the LSTM's per-tensor step scale).
   """
 
   lstm_hidden: int = 16
@@ -76,6 +81,7 @@ class VeLOLite:
   initial_step_scale: float = 1e-3
   exp_mult: float = 0.1
   mup: bool = False
+  learned_schedule: bool = False
 
   uses_loss = True
 
@@ -117,7 +123,10 @@ class VeLOLite:
         jax.random.split(k_bank, self.num_mlps))
     bank.pop("log_step_scale")
     s, h = self._summary_size, self.lstm_hidden
+    schedule = ({"schedule": jnp.zeros((len(self.timescales),))}
+                if self.learned_schedule else {})
     return {
+        **schedule,
         "bank": bank,
         "lstm": {
             "wx": jax.random.normal(k_x, (s, 4 * h)) / jnp.sqrt(s),
@@ -183,6 +192,8 @@ class VeLOLite:
     head = h @ theta["head"]["w"] + theta["head"]["b"]                # [T, K+1]
     alpha = jax.nn.softmax(head[:, :self.num_mlps], axis=-1)
     log_scale = theta["log_step_scale"] + head[:, self.num_mlps]
+    if self.learned_schedule:
+      log_scale = log_scale + jnp.stack(time_feats) @ theta["schedule"]
 
     updates, new_ls = [], []
     for t, (p, mu, (ls, feats, inv)) in enumerate(zip(p_l, mu_l, prepared)):

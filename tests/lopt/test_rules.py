@@ -278,9 +278,10 @@ def test_output_clip_bounds_the_step_of_an_outlier_element():
     lopt.rules.get("mlp", output_clip=-1.0)
 
 
-def test_learned_schedule_scales_the_step_by_exp_of_time_features():
-  rule = lopt.rules.get("mlp")
-  plain = lopt.rules.get("mlp", learned_schedule=False)
+@pytest.mark.parametrize("name", ["mlp", "velo"])
+def test_learned_schedule_scales_the_step_by_exp_of_time_features(name):
+  rule = lopt.rules.get(name, learned_schedule=True)
+  plain = lopt.rules.get(name, learned_schedule=False)
   theta = rule.init_meta_params(jax.random.PRNGKey(0))
   assert theta["schedule"].shape == (len(rule.timescales),)
   assert not float(jnp.abs(theta["schedule"]).max())   # starts flat
@@ -297,8 +298,9 @@ def test_learned_schedule_scales_the_step_by_exp_of_time_features():
   w = jnp.asarray([0.3, -0.7, 0.2, -1.1, 0.5])
   g = _grads(params)
   st = rule.init(theta, params, 10)._replace(step=jnp.asarray(3, jnp.int32))
-  u = rule.update(dict(theta, schedule=w), g, st, params)[0]
-  u_ref = rule.update(theta, g, st, params)[0]
+  loss = jnp.float32(1.5)
+  u = rule.update(dict(theta, schedule=w), g, st, params, loss)[0]
+  u_ref = rule.update(theta, g, st, params, loss)[0]
   factor = float(np.exp(sum(float(wi) * np.tanh(0.3 / s)
                             for wi, s in zip(w, rule.timescales))))
   for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref)):
