@@ -87,11 +87,17 @@ def compute_environment() -> Dict[str, str]:
           "lopt": lopt_version}
 
 
-def make_key(fields: Mapping[str, Any]) -> str:
-  """Hex SHA-256 of the canonical JSON of ``fields``, the cache version and
-  :func:`compute_environment`."""
-  blob = json.dumps({"cache_version": CACHE_VERSION,
-                     "environment": compute_environment(), **fields},
+def entry_meta(task_fp: Mapping[str, Any],
+               fields: Mapping[str, Any]) -> Dict[str, Any]:
+  """What an entry is keyed on and stores as its ``meta``: the task's
+  fingerprint, :func:`compute_environment` and ``fields``."""
+  return {"task": task_fp, "environment": compute_environment(), **fields}
+
+
+def make_key(meta: Mapping[str, Any]) -> str:
+  """Hex SHA-256 of the canonical JSON of ``meta`` (:func:`entry_meta`) and
+  the cache version."""
+  blob = json.dumps({"cache_version": CACHE_VERSION, **meta},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -97,14 +97,16 @@ class Job:
   lower: Callable[[], runner.Staged]
   cache_dir: Optional[str] = None
   path: Optional[str] = None
-  _fp: Optional[Dict[str, Any]] = None
+  _meta: Optional[Dict[str, Any]] = None
 
   def __post_init__(self):
     if self.cache_dir is not None:
-      self._fp = cache_lib.task_fingerprint(self.task)
-      key = cache_lib.make_key({"task": self._fp, **self.fields})
-      self.path = cache_lib.entry_path(self.cache_dir, self._fp["name"],
-                                       self.label, key)
+      # Computed once: the key hashes exactly the meta the entry stores.
+      fp = cache_lib.task_fingerprint(self.task)
+      self._meta = cache_lib.entry_meta(fp, self.fields)
+      self.path = cache_lib.entry_path(self.cache_dir, fp["name"],
+                                       self.label,
+                                       cache_lib.make_key(self._meta))
 
   def lookup(self) -> Optional[runner.RunResult]:
     if self.path is None:
@@ -114,9 +116,7 @@ class Job:
 
   def store(self, result: runner.RunResult) -> None:
     if self.path is not None:
-      cache_lib.save(self.path, result, {
-          "task": self._fp, "environment": cache_lib.compute_environment(),
-          **self.fields})
+      cache_lib.save(self.path, result, self._meta)
 
   def result(self) -> Tuple[runner.RunResult, bool]:
     """``(result, from_cache)``: the cached result, or compute and store."""
