@@ -11,7 +11,11 @@ An optimizer to evaluate is named by one string, in one of three forms:
   (``lopt.rules.get(NAME, **config)`` with ``init_meta_params(PRNGKey(0))``),
   useful before any learned optimizer has been trained;
 * anything else is a **learned-optimizer file or shipped name**, resolved by
-  ``lopt.read`` / ``lopt.load`` (``checkpoints/NAME.lopt`` or a path).
+  ``lopt.read`` / ``lopt.load`` (``checkpoints/NAME.lopt`` or a path),
+  optionally followed by ``:scale=C``: every update multiplied by ``C > 0``
+  (``optax.chain(lopt.load(...), optax.scale(C))``), e.g.
+  ``mlp_digits_lm:scale=0.5`` -- a learned optimizer's step-size knob, to
+  measure how far its step is from the best one for a task.
 
 Bad input raises one :class:`ValueError` that says what was wrong and what to
 write instead.
@@ -50,6 +54,10 @@ DEFAULT_LR_GRIDS: Dict[str, Tuple[float, float]] = {
 }
 
 
+#: Hyper-parameters a learned optimizer's spec may take (``NAME:scale=C``):
+#: the multiplier of every update (default 1).
+LEARNED_HPARAMS: Dict[str, float] = {"scale": 1.0}
+
 #: File stems of the learned optimizers ``lopt meta-train`` exports.
 EXPORT_STEMS: Tuple[str, ...] = ("best", "final")
 
@@ -86,8 +94,8 @@ class OptimizerSpec:
   Attributes:
     kind: ``"baseline"``, ``"rule"`` or ``"learned"``.
     name: baseline name, rule name, or the learned file / shipped name.
-    hparams: baseline hyper-parameters (all keys, defaults filled in) or rule
-      config; empty for learned optimizers.
+    hparams: baseline hyper-parameters (all keys, defaults filled in), rule
+      config, or a learned optimizer's ``scale`` (only when given).
     text: the string as the user wrote it.
   """
 
@@ -111,7 +119,8 @@ class OptimizerSpec:
       base = os.path.basename(self.name)
       stem = base[:-5] if base.endswith(".lopt") else base
       folder = os.path.basename(os.path.dirname(os.path.normpath(self.name)))
-      return f"{folder}/{stem}" if stem in EXPORT_STEMS and folder else stem
+      label = f"{folder}/{stem}" if stem in EXPORT_STEMS and folder else stem
+      return label + _learned_suffix(self.hparams)
     if self.kind == "baseline":
       defaults = BASELINES[self.name]
       given = [(k, v) for k, v in self.hparams if defaults.get(k) != v]
@@ -129,12 +138,18 @@ class OptimizerSpec:
     if self.kind == "rule":
       tail = "".join(f",{k}={_fmt(v)}" for k, v in sorted(self.hparams))
       return f"rule:{self.name}{tail}"
-    return self.name
+    return self.name + _learned_suffix(self.hparams)
 
   def with_hparams(self, **overrides: Any) -> "OptimizerSpec":
     hp = self.hp
     hp.update(overrides)
     return dataclasses.replace(self, hparams=tuple(sorted(hp.items())))
+
+
+def _learned_suffix(hparams) -> str:
+  """``":scale=C"`` for a learned optimizer's non-default values."""
+  given = [(k, v) for k, v in sorted(hparams) if LEARNED_HPARAMS.get(k) != v]
+  return (":" + ",".join(f"{k}={_fmt(v)}" for k, v in given)) if given else ""
 
 
 def _parse_number(key: str, value: str, text: str) -> float:
@@ -222,10 +237,23 @@ def parse_optimizer(text: str) -> OptimizerSpec:
           f"Bad optimizer spec {text!r}: lr must be > 0, got {hp['lr']}.")
     return OptimizerSpec("baseline", head, tuple(sorted(hp.items())), text)
   if sep:
+    # NAME:scale=C (the last colon: a path may contain one).
+    name, _, tail = text.rpartition(":")
+    keys = {item.split("=", 1)[0].strip() for item in tail.split(",")
+            if item.strip()}
+    if name.strip() and keys and keys <= set(LEARNED_HPARAMS):
+      hp = {k: _parse_number(k, v, text)
+            for k, v in _split_pairs(tail, text).items()}
+      if hp["scale"] <= 0:
+        raise ValueError(f"Bad optimizer spec {text!r}: scale must be > 0, "
+                         f"got {hp['scale']}.")
+      return OptimizerSpec("learned", name.strip(), tuple(sorted(hp.items())),
+                           text)
     raise ValueError(
         f"Unknown optimizer {head!r} in {text!r}; baselines are "
         f"{', '.join(BASELINES)} (e.g. 'adam:lr=1e-3'), 'rule:NAME' for a "
-        "rule at default meta-parameters, or a learned-optimizer file/name.")
+        "rule at default meta-parameters, or a learned-optimizer file/name "
+        "(optionally 'NAME:scale=C' to multiply its updates by C).")
   return OptimizerSpec("learned", text, (), text)
 
 
@@ -264,17 +292,23 @@ class ResolvedRule:
     rule: the rule object.
     theta: its meta-parameters.
     header: the file header (for ``rule:`` specs, a small synthetic one).
+    scale: multiplier of every update (``NAME:scale=C``; 1: the optimizer
+      as meta-trained).
   """
 
   rule: Any
   theta: Any
   header: Dict[str, Any]
+  scale: float = 1.0
 
   def transform(self, num_steps: int, param_meta: Any = None
                 ) -> optax.GradientTransformationExtraArgs:
     import lopt
-    return lopt.as_optax(self.rule, self.theta, num_steps,
-                         param_meta=param_meta)
+    tx = lopt.as_optax(self.rule, self.theta, num_steps,
+                       param_meta=param_meta)
+    if self.scale == 1.0:
+      return tx
+    return optax.chain(tx, optax.scale(self.scale))
 
 
 def resolve_learned(spec: OptimizerSpec) -> ResolvedRule:
@@ -297,7 +331,8 @@ def resolve_learned(spec: OptimizerSpec) -> ResolvedRule:
                                        "(init_meta_params(PRNGKey(0)))"}}
       return ResolvedRule(rule, theta, header)
     loaded = lopt.read(spec.name)
-    return ResolvedRule(loaded.rule, loaded.theta, dict(loaded.header))
+    return ResolvedRule(loaded.rule, loaded.theta, dict(loaded.header),
+                        scale=float(spec.hp.get("scale", 1.0)))
   except ValueError as e:
     raise ValueError(f"Cannot load optimizer {spec.text!r}: {e}") from None
   except OSError as e:

@@ -35,6 +35,20 @@ def test_parse_rule_and_learned():
   assert specs.parse_optimizer("mlp_digits").kind == "learned"
 
 
+def test_parse_learned_with_scale():
+  s = specs.parse_optimizer("mlp_digits_lm:scale=0.5")
+  assert s.kind == "learned" and s.name == "mlp_digits_lm"
+  assert s.hp == {"scale": 0.5}
+  assert s.label == "mlp_digits_lm:scale=0.5"
+  assert s.canonical == "mlp_digits_lm:scale=0.5"
+  s = specs.parse_optimizer("runs/a/best.lopt: scale = 2")
+  assert s.name == "runs/a/best.lopt" and s.label == "a/best:scale=2"
+  # scale 1 is the optimizer itself: same label as without it.
+  assert specs.parse_optimizer("mlp_digits:scale=1").label == "mlp_digits"
+  # A colon earlier in a path is part of the name.
+  assert specs.parse_optimizer("d:x/o.lopt:scale=0.25").name == "d:x/o.lopt"
+
+
 @pytest.mark.parametrize("text, needle", [
     ("adma:lr=1e-3", "Unknown optimizer 'adma'"),
     ("adam:lr=", "needs both a key and a value"),
@@ -46,6 +60,12 @@ def test_parse_rule_and_learned():
     ("adam:lr=1,lr=2", "given twice"),
     ("", "Empty optimizer spec"),
     ("rule:", "write 'rule:NAME'"),
+    ("mlp_digits:scale=0", "scale must be > 0"),
+    ("mlp_digits:scale=-1", "scale must be > 0"),
+    ("mlp_digits:scale=x", "scale='x' is not a number"),
+    ("mlp_digits:scale=1,scale=2", "given twice"),
+    ("mlp_digits:lr=1e-3", "optionally 'NAME:scale=C'"),
+    ("adam:scale=2", "adam has no hyper-parameter 'scale'"),
 ])
 def test_bad_specs_one_clear_error(text, needle):
   with pytest.raises(ValueError, match=None) as e:
@@ -71,6 +91,29 @@ def test_learned_file_round_trip(tmp_path):
   r = specs.resolve_learned(specs.parse_optimizer(str(path)))
   assert r.header["rule"] == "sgd"
   jax.tree.map(np.testing.assert_array_equal, r.theta, theta)
+
+
+def test_learned_scale_multiplies_every_update(tmp_path):
+  rule = lopt.rules.get("mlp")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  path = str(lopt.save(tmp_path / "m.lopt", rule, theta))
+  plain = specs.resolve_learned(specs.parse_optimizer(path))
+  half = specs.resolve_learned(specs.parse_optimizer(path + ":scale=0.5"))
+  assert plain.scale == 1.0 and half.scale == 0.5
+  params = {"w": jax.numpy.linspace(-1.0, 1.0, 12).reshape(3, 4),
+            "b": jax.numpy.ones(4)}
+  grads = jax.tree.map(lambda p: 0.1 * p + 0.01, params)
+  outs = []
+  for r in (plain, half):
+    tx = r.transform(num_steps=10)
+    st = tx.init(params)
+    for _ in range(3):   # the state evolves identically: scale is outside
+      up, st = tx.update(grads, st, params, value=jax.numpy.float32(1.0))
+    outs.append(up)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 0.5 * a,
+                                                       rtol=1e-6),
+               *outs)
+  assert float(jax.numpy.abs(outs[0]["w"]).max()) > 0
 
 
 def test_lr_grid_is_log_spaced():
