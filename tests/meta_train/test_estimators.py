@@ -344,5 +344,11 @@ def test_inner_training_step_weights():
       t, jnp.int32(40))
   assert np.all(np.diff(np.asarray(linear)) > 0)
   np.testing.assert_allclose(float(jnp.mean(linear)), 1.0, rtol=1e-6)
+  quad = InnerTraining(rule, fam, loss_weighting="quadratic").step_weight(
+      t, jnp.int32(40))
+  np.testing.assert_allclose(quad, 3 * ((np.arange(40) + 0.5) / 40) ** 2,
+                             rtol=1e-6)
+  np.testing.assert_allclose(float(jnp.mean(quad)), 1 - 1 / (4 * 40 ** 2),
+                             rtol=1e-6)
   with pytest.raises(ValueError, match="loss_weighting must be one of"):
     InnerTraining(rule, fam, loss_weighting="late")
