@@ -48,8 +48,9 @@ class MetaTrainConfig:
       (diverging is penalised, not dropped).
     loss_weighting: ``uniform`` (every inner step counts the same),
       ``linear`` (step t of an episode of length T weighted 2 (t + 1/2) / T,
-      emphasising the end of training) or ``quadratic``
-      (3 ((t + 1/2) / T)^2, more so). The logged meta-loss and the fixed-task
+      emphasising the end of training), ``quadratic``
+      (3 ((t + 1/2) / T)^2, more so) or ``final`` (10 on the last tenth of
+      the episode, 0 before). The logged meta-loss and the fixed-task
       evaluation that picks the best theta use the same weights.
     tbptt_clip: global-norm clip of each TBPTT estimate (0: off).
   Outer optimizer (optax Adam):

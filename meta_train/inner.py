@@ -13,8 +13,9 @@ per-step meta-loss::
 
 and the estimators weight step ``t`` of an episode of length ``T`` by
 ``step_weight(t, T)``: 1 (``loss_weighting="uniform"``), ``2 (t + 1/2) / T``
-(``"linear"``) or ``3 ((t + 1/2) / T)^2`` (``"quadratic"``), the last two
-emphasising the end of training (each has mean ~1 over the episode).
+(``"linear"``), ``3 ((t + 1/2) / T)^2`` (``"quadratic"``) or 10 on the last
+tenth of the episode and 0 before (``"final"``), the last three emphasising
+the end of training (each has mean ~1 over the episode).
 
 ``normalize`` is the task's own normaliser (``task.normalize_loss``; for
 classifiers, chance level ~ 1) so tasks of a family are on one scale.
@@ -36,7 +37,7 @@ PyTree = Any
 Array = jax.Array
 
 META_LOSSES = ("train", "valid")
-LOSS_WEIGHTINGS = ("uniform", "linear", "quadratic")
+LOSS_WEIGHTINGS = ("uniform", "linear", "quadratic", "final")
 
 
 class InnerState(NamedTuple):
@@ -77,7 +78,9 @@ class InnerTraining:
       toward the loss at the end of training, which is what a user -- and
       the held-out speedup -- measures) or ``"quadratic"`` (weight
       ``3 ((t + 1/2) / T)^2``, mean ``1 - 1/(4 T^2)``: more so; the first
-      tenth of an episode carries 0.1 % of the weight, the last tenth 27 %).
+      tenth of an episode carries 0.1 % of the weight, the last tenth 27 %)
+      or ``"final"`` (weight 10 for ``t >= 0.9 T``, 0 before: only the loss
+      at the end of training counts; most truncations then carry no signal).
   """
 
   rule: Any
@@ -121,6 +124,8 @@ class InnerTraining:
         jnp.asarray(horizon, jnp.float32), 1.0)
     if self.loss_weighting == "linear":
       return 2.0 * x
+    if self.loss_weighting == "final":
+      return jnp.where(x >= 0.9, 10.0, 0.0).astype(jnp.float32)
     return 3.0 * jnp.square(x)
 
   @property

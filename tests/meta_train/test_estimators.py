@@ -350,5 +350,9 @@ def test_inner_training_step_weights():
                              rtol=1e-6)
   np.testing.assert_allclose(float(jnp.mean(quad)), 1 - 1 / (4 * 40 ** 2),
                              rtol=1e-6)
+  final = InnerTraining(rule, fam, loss_weighting="final").step_weight(
+      t, jnp.int32(40))
+  np.testing.assert_array_equal(final, np.where(np.arange(40) >= 36, 10, 0))
+  np.testing.assert_allclose(float(jnp.mean(final)), 1.0, rtol=1e-6)
   with pytest.raises(ValueError, match="loss_weighting must be one of"):
     InnerTraining(rule, fam, loss_weighting="late")
