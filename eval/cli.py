@@ -31,8 +31,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument(
       "--optimizer", "-o", action="append", default=[], metavar="SPEC",
       help="learned-optimizer file or shipped name, optionally with "
-      "':scale=C' (every update multiplied by C, e.g. 'mlp_digits:scale=0.5'); "
-      "'rule:NAME' (a rule at its default meta-parameters); or a baseline such as 'adam:lr=1e-3', "
+      "':scale=C' (every update multiplied by C, e.g. "
+      "'mlp_digits:scale=0.5'); 'rule:NAME' (a rule at its default "
+      "meta-parameters); or a baseline such as 'adam:lr=1e-3', "
       "'sgdm:lr=0.1,momentum=0.9', 'adamw:lr=1e-3,wd=1e-4' (baselines: "
       f"{', '.join(specs_lib.BASELINES)}). Repeatable.")
   p.add_argument("--tasks", "-t", default="heldout",

@@ -120,13 +120,10 @@ class OptimizerSpec:
       stem = base[:-5] if base.endswith(".lopt") else base
       folder = os.path.basename(os.path.dirname(os.path.normpath(self.name)))
       label = f"{folder}/{stem}" if stem in EXPORT_STEMS and folder else stem
-      return label + _learned_suffix(self.hparams)
+      return label + _non_default_suffix(self.hparams, LEARNED_HPARAMS)
     if self.kind == "baseline":
       defaults = BASELINES[self.name]
-      given = [(k, v) for k, v in self.hparams if defaults.get(k) != v]
-      if not given:
-        return self.name
-      return self.name + ":" + ",".join(f"{k}={_fmt(v)}" for k, v in given)
+      return self.name + _non_default_suffix(self.hparams, defaults)
     return self.canonical
 
   @property
@@ -138,7 +135,7 @@ class OptimizerSpec:
     if self.kind == "rule":
       tail = "".join(f",{k}={_fmt(v)}" for k, v in sorted(self.hparams))
       return f"rule:{self.name}{tail}"
-    return self.name + _learned_suffix(self.hparams)
+    return self.name + _non_default_suffix(self.hparams, LEARNED_HPARAMS)
 
   def with_hparams(self, **overrides: Any) -> "OptimizerSpec":
     hp = self.hp
@@ -146,9 +143,10 @@ class OptimizerSpec:
     return dataclasses.replace(self, hparams=tuple(sorted(hp.items())))
 
 
-def _learned_suffix(hparams) -> str:
-  """``":scale=C"`` for a learned optimizer's non-default values."""
-  given = [(k, v) for k, v in sorted(hparams) if LEARNED_HPARAMS.get(k) != v]
+def _non_default_suffix(hparams, defaults: Mapping[str, Any]) -> str:
+  """``":k=v,..."`` for the ``(k, v)`` pairs of ``hparams`` that differ from
+  ``defaults`` (in the given order), or ``""`` if none does."""
+  given = [(k, v) for k, v in hparams if defaults.get(k) != v]
   return (":" + ",".join(f"{k}={_fmt(v)}" for k, v in given)) if given else ""
 
 
@@ -332,7 +330,7 @@ def resolve_learned(spec: OptimizerSpec) -> ResolvedRule:
       return ResolvedRule(rule, theta, header)
     loaded = lopt.read(spec.name)
     return ResolvedRule(loaded.rule, loaded.theta, dict(loaded.header),
-                        scale=float(spec.hp.get("scale", 1.0)))
+                        scale=float({**LEARNED_HPARAMS, **spec.hp}["scale"]))
   except ValueError as e:
     raise ValueError(f"Cannot load optimizer {spec.text!r}: {e}") from None
   except OSError as e:
