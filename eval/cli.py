@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from typing import List, Optional, Sequence
 
 from lopt.eval import cache as cache_lib
 from lopt.eval import specs as specs_lib
+from lopt.progress import Progress
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,53 +107,32 @@ def _parse_range(text: Optional[str]):
 
 
 class _Progress:
-  """Progress of :func:`lopt.eval.suite.evaluate` (its callback): a rich bar
-  on a terminal; elsewhere (a log file, CI) one plain line per finished run,
-  since a bar that cannot redraw would stay silent until the end."""
+  """The callback of :func:`lopt.eval.suite.evaluate` that drives a
+  :class:`lopt.progress.Progress` (one count per finished run)."""
 
   def __init__(self, enabled: bool, stream=None):
     self.enabled = enabled
-    self.stream = stream if stream is not None else sys.stderr
-    self.plain = not getattr(self.stream, "isatty", lambda: False)()
-    self.bar = None
-    self.tid = None
-    self.done, self.total, self.t0 = 0, 0, 0.0
+    self.stream = stream
+    self.bar: Optional[Progress] = None
+    self.done = 0
 
   def __call__(self, event, info):
     if not self.enabled:
       return
-    if self.plain:
-      self._line(event, info)
-      return
     if event == "start":
-      from rich.console import Console
-      from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                                 TextColumn, TimeElapsedColumn)
-      self.bar = Progress(TextColumn("[bold]eval[/] {task.description}"),
-                          BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(),
-                          console=Console(stderr=True), transient=False)
-      self.bar.start()
-      self.tid = self.bar.add_task("starting", total=info["total"])
+      self.done = 0
+      self.bar = Progress("eval", int(info["total"]), stream=self.stream)
+      if self.bar.plain:
+        print(f"eval: {self.bar.total} runs", file=self.bar.stream,
+              flush=True)
     elif event == "done" and self.bar is not None:
-      src = " (cached)" if info.get("from_cache") else ""
-      self.bar.update(self.tid, advance=1,
-                      description=f"{info['task']}: {info['what']}{src}")
-
-  def _line(self, event, info):
-    if event == "start":
-      self.done, self.total, self.t0 = 0, int(info["total"]), time.time()
-      print(f"eval: {self.total} runs", file=self.stream, flush=True)
-    elif event == "done":
       self.done += 1
       src = " (cached)" if info.get("from_cache") else ""
-      print(f"eval {self.done}/{self.total} [{time.time() - self.t0:.0f} s] "
-            f"{info['task']}: {info['what']}{src}", file=self.stream,
-            flush=True)
+      self.bar.update(self.done, f"{info['task']}: {info['what']}{src}")
 
   def close(self):
     if self.bar is not None:
-      self.bar.stop()
+      self.bar.close()
       self.bar = None
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from lopt import files
+from lopt.progress import Progress
 from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train import unroll as U
 from lopt.meta_train.config import (ConfigError, MetaTrainConfig,
@@ -313,7 +314,8 @@ class MetaTrainer:
     start = int(state.step)
     history: List[Dict[str, float]] = []
     pending: List[Dict[str, Array]] = []
-    bar = _Progress(enabled=progress, total=cfg.outer_steps, start=start)
+    bar = Progress("meta-train step", cfg.outer_steps, start=start,
+                   bar=progress)
     t_last = time.perf_counter()
     stop = cfg.outer_steps if until is None else min(int(until),
                                                      cfg.outer_steps)
@@ -333,7 +335,7 @@ class MetaTrainer:
           history.append(row)
           if logger is not None:
             logger.log(n, {k: v for k, v in row.items() if k != "step"})
-          bar.update(n, row)
+          bar.update(n, _progress_text(row))
           if callback is not None:
             callback(n, row, state)
         if ckpt is not None and cfg.checkpoint_every > 0 and (
@@ -435,42 +437,8 @@ class MetaTrainer:
     }
 
 
-class _Progress:
-  """A rich progress bar on stderr; when disabled, or when stderr is not a
-  terminal (a log file, CI: a bar there cannot redraw and would stay
-  silent), one plain log line per logged step."""
-
-  def __init__(self, enabled: bool, total: int, start: int):
-    import sys
-    self._p = None
-    self._total = total
-    if not enabled or not sys.stderr.isatty():
-      return
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
-                               TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-    self._p = Progress(
-        TextColumn("[bold]meta-train"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=Console(stderr=True), transient=False)
-    self._p.start()
-    self._task = self._p.add_task("meta-train", total=total, completed=start,
-                                  info="")
-
-  def update(self, n: int, row: Dict[str, float]) -> None:
-    info = (f"loss {row['meta/loss']:.4f} ema {row['meta/loss_ema']:.4f} "
-            f"|g| {row['meta/grad_norm']:.3g} "
-            f"{row['inner/steps_per_s']:.0f} inner steps/s")
-    if self._p is None:
-      import sys
-      print(f"meta-train step {n}/{self._total}: {info}", file=sys.stderr,
-            flush=True)
-      return
-    self._p.update(self._task, completed=n, info=info)
-
-  def close(self) -> None:
-    if self._p is not None:
-      self._p.stop()
-      self._p = None
+def _progress_text(row: Dict[str, float]) -> str:
+  """The progress line's text of one logged row."""
+  return (f"loss {row['meta/loss']:.4f} ema {row['meta/loss_ema']:.4f} "
+          f"|g| {row['meta/grad_norm']:.3g} "
+          f"{row['inner/steps_per_s']:.0f} inner steps/s")
