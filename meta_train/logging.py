@@ -21,6 +21,9 @@ class MetricsLogger:
 
   ``log(step, {"meta/loss": 0.3, ...})``; non-finite values are written as
   they are to TensorBoard and as strings ("nan", "inf") to the JSON file.
+  The JSON file is line-buffered: every row is on disk when ``log`` returns
+  (a long run can be followed with ``tail -f``, and a killed run keeps every
+  row up to its last log); the event file is flushed every 10 s.
   """
 
   def __init__(self, logdir: str | os.PathLike, enabled: bool = True):
@@ -32,7 +35,8 @@ class MetricsLogger:
       from tensorboardX import SummaryWriter
       os.makedirs(self.logdir, exist_ok=True)
       self._writer = SummaryWriter(self.logdir, flush_secs=10)
-      self._jsonl = open(os.path.join(self.logdir, "metrics.jsonl"), "a")
+      self._jsonl = open(os.path.join(self.logdir, "metrics.jsonl"), "a",
+                         buffering=1)
 
   def log(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
