@@ -162,11 +162,21 @@ class InnerTraining:
       meta = loss
     meta = task.normalize_loss(meta).astype(jnp.float32)
     if self.log_loss:
-      meta = jnp.log(jnp.maximum(meta, 1e-8))
+      meta = log_meta_loss(meta)
     if self.loss_clip:
       meta = jnp.where(jnp.isfinite(meta), jnp.minimum(meta, self.loss_clip),
                        meta)
     return InnerState(inner.config, params, opt_state), meta
+
+
+LOG_LOSS_FLOOR = 1e-8
+
+
+def log_meta_loss(normalized_loss: Array) -> Array:
+  """``log(max(l, 1e-8))`` of a normalised loss (``log_loss=True``): the floor
+  keeps a task trained to zero loss (e.g. a small separable classifier) at a
+  finite meta-loss of ``log(1e-8) = -18.4``."""
+  return jnp.log(jnp.maximum(normalized_loss, LOG_LOSS_FLOOR))
 
 
 def train_curve(rule: Any, theta: PyTree, task: Any, num_steps: int,

@@ -41,7 +41,7 @@ from lopt.meta_train import estimators as estimators_lib
 from lopt.meta_train import unroll as U
 from lopt.meta_train.config import (ConfigError, MetaTrainConfig,
                                      init_from_mismatch)
-from lopt.meta_train.inner import InnerTraining, train_curve
+from lopt.meta_train.inner import InnerTraining, log_meta_loss, train_curve
 
 PyTree = Any
 Array = jax.Array
@@ -253,7 +253,9 @@ class MetaTrainer:
     """Mean normalised training loss of ``eval_tasks`` fixed fresh tasks of
     the family (of each family, then averaged over families) trained
     ``eval_steps`` steps with theta (deterministic), the steps weighted as
-    in the meta-loss (``loss_weighting``)."""
+    in the meta-loss (``loss_weighting``), and in log space with
+    ``log_loss`` (the mean of ``w_t log(max(l_t, 1e-8))``), so ``best.lopt`` is
+    picked by the objective that meta-training lowers."""
     cfg = self.config
     keys = jax.random.split(self._eval_key, cfg.eval_tasks)
     per_family = []
@@ -264,8 +266,11 @@ class MetaTrainer:
       def one(key, fam=fam, weights=weights):
         k_cfg, k_run = jax.random.split(key)
         task = fam.task(fam.sample(k_cfg))
-        losses = train_curve(self.rule, theta, task, cfg.eval_steps, k_run)
-        return jnp.mean(weights * task.normalize_loss(losses))
+        losses = task.normalize_loss(
+            train_curve(self.rule, theta, task, cfg.eval_steps, k_run))
+        if cfg.log_loss:
+          losses = log_meta_loss(losses)
+        return jnp.mean(weights * losses)
 
       vals = jax.vmap(one)(keys)
       per_family.append(jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9)))

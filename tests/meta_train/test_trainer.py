@@ -288,3 +288,33 @@ def test_every_config_in_configs_dir_validates():
   for path in paths:
     load_config(path).validate()
 
+
+
+def test_evaluate_theta_follows_log_loss():
+  """With ``log_loss`` the fixed-task evaluation that picks ``best.lopt`` is
+  the weighted mean of ``log(max(l_t, 1e-8))``, the meta-training objective;
+  without it, of ``l_t``. Recomputed here from the same tasks' curves."""
+  from lopt.meta_train import unroll as U
+  from lopt.meta_train.inner import train_curve
+  kw = dict(eval_tasks=2, eval_steps=12, loss_weighting="linear")
+  plain = MetaTrainer(_tiny(**kw))
+  logged = MetaTrainer(_tiny(log_loss=True, **kw))
+  theta = plain.initial_theta()
+  fam, system = logged.families[0], logged.systems[0]
+  t = jnp.arange(12, dtype=jnp.int32)
+  w = U.step_weights(system, t, jnp.full_like(t, 12))
+  curves = []
+  for key in jax.random.split(logged._eval_key, 2):
+    k_cfg, k_run = jax.random.split(key)
+    task = fam.task(fam.sample(k_cfg))
+    curves.append(task.normalize_loss(
+        train_curve(logged.rule, theta, task, 12, k_run)))
+  curves = jnp.stack(curves)
+  assert float(jnp.min(curves)) > 1e-8
+  want_log = float(jnp.mean(jnp.mean(w * jnp.log(curves), axis=1)))
+  want_plain = float(jnp.mean(jnp.mean(w * curves, axis=1)))
+  np.testing.assert_allclose(float(logged.evaluate_theta(theta)), want_log,
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(plain.evaluate_theta(theta)), want_plain,
+                             rtol=1e-5)
+  assert want_log < 0 < want_plain
