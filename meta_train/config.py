@@ -43,6 +43,9 @@ class MetaTrainConfig:
     std: ES perturbation scale s.
     random_offsets: spread the first episode's resets over outer steps.
     meta_loss: ``train`` or ``valid``; log_loss: log of the normalised loss;
+    log_loss_offset: with log_loss, ``log(l + c)`` instead of ``log(l)``
+      (``c >= 0``; 0: plain log): below ``c`` a loss's relative improvements
+      count less, so tasks trained near zero loss do not dominate the mix;
     loss_clip: clip the normalised per-step loss (0: off); when on, a
       non-finite step also counts as ``loss_clip`` in the ES estimates
       (diverging is penalised, not dropped).
@@ -85,6 +88,7 @@ class MetaTrainConfig:
   random_offsets: bool = True
   meta_loss: str = "train"
   log_loss: bool = False
+  log_loss_offset: float = 0.0
   loss_clip: float = 0.0
   loss_weighting: str = "uniform"
   tbptt_clip: float = 1.0
@@ -228,6 +232,12 @@ class MetaTrainConfig:
     if self.loss_weighting not in LOSS_WEIGHTINGS:
       problems.append(f"loss_weighting must be one of {LOSS_WEIGHTINGS} (got "
                       f"{self.loss_weighting!r})")
+    if not self.log_loss_offset >= 0:
+      problems.append(f"log_loss_offset must be >= 0 (got "
+                      f"{self.log_loss_offset})")
+    elif self.log_loss_offset > 0 and not self.log_loss:
+      problems.append(f"log_loss_offset ({self.log_loss_offset}) needs "
+                      "log_loss: true (it shifts the log meta-loss)")
     if self.meta_loss not in ("train", "valid"):
       problems.append(f"meta_loss must be 'train' or 'valid' (got "
                       f"{self.meta_loss!r})")

@@ -9,7 +9,7 @@ per-step meta-loss::
 
     L_t = normalize(loss_t)                      meta_loss="train"
     L_t = normalize(valid_loss(params_{t+1}))    meta_loss="valid"
-    L_t = log(normalize(...))                    log_loss=True
+    L_t = log(normalize(...) + c)                log_loss=True (c: log_loss_offset, default 0)
 
 and the estimators weight step ``t`` of an episode of length ``T`` by
 ``step_weight(t, T)``: 1 (``loss_weighting="uniform"``), ``2 (t + 1/2) / T``
@@ -65,7 +65,11 @@ class InnerTraining:
     meta_loss: ``"train"`` (loss of the training batch of the step, before
       the update: free) or ``"valid"`` (loss of a validation batch after the
       update: one extra forward pass).
-    log_loss: use ``log`` of the normalised loss.
+    log_loss: use ``log`` of the normalised loss (floored at 1e-8).
+    log_loss_offset: ``c`` in ``log(l + c)`` (with ``log_loss``; 0: plain
+      log). The log counts a relative improvement the same at every loss
+      level, so a family trained to ~1e-5 outweighs one that stays at 0.3;
+      ``c`` caps that: below ``l ~ c`` the meta-loss flattens.
     loss_clip: clip the normalised per-step loss at this value (0: off).
       A non-finite loss triggers a reset; with ``loss_clip`` on it also
       counts as ``loss_clip`` in the ES estimates (:attr:`nonfinite_loss`),
@@ -89,6 +93,7 @@ class InnerTraining:
   horizon_max: int = 1000
   meta_loss: str = "train"
   log_loss: bool = False
+  log_loss_offset: float = 0.0
   loss_clip: float = 0.0
   loss_weighting: str = "uniform"
 
@@ -100,6 +105,9 @@ class InnerTraining:
     if self.meta_loss not in META_LOSSES:
       raise ValueError(f"meta_loss must be one of {META_LOSSES}, got "
                        f"{self.meta_loss!r}.")
+    if not self.log_loss_offset >= 0:
+      raise ValueError(
+          f"log_loss_offset must be >= 0, got {self.log_loss_offset}.")
     if self.loss_clip < 0:
       raise ValueError(f"loss_clip must be >= 0, got {self.loss_clip}.")
     if self.loss_weighting not in LOSS_WEIGHTINGS:
@@ -162,7 +170,7 @@ class InnerTraining:
       meta = loss
     meta = task.normalize_loss(meta).astype(jnp.float32)
     if self.log_loss:
-      meta = log_meta_loss(meta)
+      meta = log_meta_loss(meta, self.log_loss_offset)
     if self.loss_clip:
       meta = jnp.where(jnp.isfinite(meta), jnp.minimum(meta, self.loss_clip),
                        meta)
@@ -172,11 +180,12 @@ class InnerTraining:
 LOG_LOSS_FLOOR = 1e-8
 
 
-def log_meta_loss(normalized_loss: Array) -> Array:
-  """``log(max(l, 1e-8))`` of a normalised loss (``log_loss=True``): the floor
-  keeps a task trained to zero loss (e.g. a small separable classifier) at a
-  finite meta-loss of ``log(1e-8) = -18.4``."""
-  return jnp.log(jnp.maximum(normalized_loss, LOG_LOSS_FLOOR))
+def log_meta_loss(normalized_loss: Array, offset: float = 0.0) -> Array:
+  """``log(max(l + c, 1e-8))`` of a normalised loss ``l`` (``log_loss=True``,
+  ``c = log_loss_offset``): the floor keeps a task trained to zero loss (e.g.
+  a small separable classifier) at a finite meta-loss of
+  ``log(1e-8) = -18.4``."""
+  return jnp.log(jnp.maximum(normalized_loss + offset, LOG_LOSS_FLOOR))
 
 
 def train_curve(rule: Any, theta: PyTree, task: Any, num_steps: int,

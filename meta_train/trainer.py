@@ -136,6 +136,7 @@ class MetaTrainer:
     self.systems = [
         InnerTraining(self.rule, fam, config.horizon_min, config.horizon_max,
                       meta_loss=config.meta_loss, log_loss=config.log_loss,
+                      log_loss_offset=config.log_loss_offset,
                       loss_clip=config.loss_clip,
                       loss_weighting=config.loss_weighting)
         for fam in self.families]
@@ -254,7 +255,8 @@ class MetaTrainer:
     the family (of each family, then averaged over families) trained
     ``eval_steps`` steps with theta (deterministic), the steps weighted as
     in the meta-loss (``loss_weighting``), and in log space with
-    ``log_loss`` (the mean of ``w_t log(max(l_t, 1e-8))``), so ``best.lopt`` is
+    ``log_loss`` (the mean of ``w_t log(max(l_t + c, 1e-8))``, ``c`` the
+    ``log_loss_offset``), so ``best.lopt`` is
     picked by the objective that meta-training lowers."""
     cfg = self.config
     keys = jax.random.split(self._eval_key, cfg.eval_tasks)
@@ -269,7 +271,7 @@ class MetaTrainer:
         losses = task.normalize_loss(
             train_curve(self.rule, theta, task, cfg.eval_steps, k_run))
         if cfg.log_loss:
-          losses = log_meta_loss(losses)
+          losses = log_meta_loss(losses, cfg.log_loss_offset)
         return jnp.mean(weights * losses)
 
       vals = jax.vmap(one)(keys)

@@ -299,6 +299,7 @@ def test_evaluate_theta_follows_log_loss():
   kw = dict(eval_tasks=2, eval_steps=12, loss_weighting="linear")
   plain = MetaTrainer(_tiny(**kw))
   logged = MetaTrainer(_tiny(log_loss=True, **kw))
+  shifted = MetaTrainer(_tiny(log_loss=True, log_loss_offset=0.05, **kw))
   theta = plain.initial_theta()
   fam, system = logged.families[0], logged.systems[0]
   t = jnp.arange(12, dtype=jnp.int32)
@@ -317,4 +318,35 @@ def test_evaluate_theta_follows_log_loss():
                              rtol=1e-5)
   np.testing.assert_allclose(float(plain.evaluate_theta(theta)), want_plain,
                              rtol=1e-5)
-  assert want_log < 0 < want_plain
+  want_shifted = float(jnp.mean(jnp.mean(w * jnp.log(curves + 0.05), axis=1)))
+  np.testing.assert_allclose(float(shifted.evaluate_theta(theta)),
+                             want_shifted, rtol=1e-5)
+  assert want_log < want_shifted and want_log < 0 < want_plain
+
+
+def test_log_loss_offset_in_the_inner_meta_loss_and_config_errors():
+  """The per-step meta-loss the estimators see is ``log(l + c)``; a negative
+  offset, or one without ``log_loss``, fails validation with one message."""
+  from lopt.meta_train.inner import log_meta_loss
+  l = jnp.asarray([0.0, 1e-9, 1e-3, 0.5])
+  np.testing.assert_allclose(log_meta_loss(l), np.log([1e-8, 1e-8, 1e-3, 0.5]),
+                             rtol=1e-6)
+  np.testing.assert_allclose(log_meta_loss(l, 0.01),
+                             np.log(np.asarray(l) + 0.01), rtol=1e-6)
+  tr = MetaTrainer(_tiny(log_loss=True, log_loss_offset=0.01))
+  system = tr.systems[0]
+  assert system.log_loss and system.log_loss_offset == 0.01
+  theta = tr.initial_theta()
+  inner = system.init(theta, jax.random.PRNGKey(0), jnp.asarray(20))
+  key = jax.random.PRNGKey(1)
+  _, meta = system.step(theta, inner, key)
+  task = system.family.task(inner.config)
+  k_batch, k_loss, _ = jax.random.split(key, 3)
+  loss = task.loss(inner.params, task.sample_batch(k_batch, "train"), k_loss)
+  np.testing.assert_allclose(
+      float(meta), float(jnp.log(task.normalize_loss(loss) + 0.01)), rtol=1e-5)
+  for bad, msg in [(dict(log_loss=True, log_loss_offset=-1.0),
+                    "log_loss_offset must be >= 0"),
+                   (dict(log_loss_offset=0.1), "needs log_loss: true")]:
+    with pytest.raises(ConfigError, match=msg):
+      _tiny(**bad).validate()
