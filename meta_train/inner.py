@@ -9,7 +9,8 @@ per-step meta-loss::
 
     L_t = normalize(loss_t)                      meta_loss="train"
     L_t = normalize(valid_loss(params_{t+1}))    meta_loss="valid"
-    L_t = log(normalize(...) + c)                log_loss=True (c: log_loss_offset, default 0)
+    L_t = log(normalize(...) + c)                log_loss=True
+                                                 (c: log_loss_offset, 0 default)
 
 and the estimators weight step ``t`` of an episode of length ``T`` by
 ``step_weight(t, T)``: 1 (``loss_weighting="uniform"``), ``2 (t + 1/2) / T``
