@@ -52,6 +52,13 @@ are exactly those of the rule without loss features. They let the rule tell
 a falling loss from a plateau or a spike, which the per-parameter features
 cannot see.
 
+``features`` selects which of the 23 features the network reads (default
+all; the ``"lean"`` preset drops the six raw ``vhat_k`` and ``rsqrt(vhat_k)``,
+leaving 17): fewer inputs per hidden unit and skip weight, the compute /
+performance trade-off of Metz et al. 2022. A feature not read is neither
+computed nor normalised; a rule with a subset is exactly the full rule with
+the other features' first-layer and skip weights at zero.
+
 ``mu_scale`` is 1 in standard parametrisation and ``1/fan_in`` for hidden
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
 ``param_meta`` the muP rule behaves exactly as standard parametrisation).
@@ -92,7 +99,18 @@ FEATURE_NAMES: Tuple[str, ...] = (
     "g_rsqrt_vhat1", "g_rsqrt_vhat2", "g_rsqrt_vhat3",
     "m1_rsqrt_vhat1", "m2_rsqrt_vhat2", "m3_rsqrt_vhat3")
 NUM_FEATURES = len(FEATURE_NAMES)
-_SKIP_INIT_FEATURE = FEATURE_NAMES.index("m1_rsqrt_v")
+_SKIP_INIT_NAME = "m1_rsqrt_v"
+
+#: The ``features="lean"`` preset: the 17 features without the six raw
+#: factored second moments ``vhat_k`` and ``rsqrt(vhat_k)`` (the gradient and
+#: momenta normalised by them stay). Per element that is 6 fewer inputs to
+#: every hidden unit and to the skip path, and the normaliser loses its
+#: ``vhat`` rows: ~25% more meta-training throughput (README performance
+#: section), the compute/quality trade-off studied by Metz et al. 2022.
+LEAN_FEATURES: Tuple[str, ...] = tuple(
+    n for n in FEATURE_NAMES
+    if not (n.startswith("vhat") or n.startswith("rsqrt_vhat")))
+FEATURE_PRESETS = {"all": FEATURE_NAMES, "lean": LEAN_FEATURES}
 
 
 class LeafState(NamedTuple):
@@ -201,11 +219,13 @@ def sample_stride(shape, norm_sample: int) -> int:
   return stride
 
 
-def _factor_rows(g, p, ls: LeafState, stride: int):
+def _factor_rows(g, p, ls: LeafState, stride: int, need_vhat: bool = True):
   """The factor arrays ``A`` [8, n'] and ``B`` [7, n'] at every
   ``stride``-th element (row-major) of the tensor, ``n' = ceil(n / stride)``;
   ``A[i] * B[j]`` equals the feature with factors ``(i, j)`` exactly as
   :func:`_features_from` computes it. Returns ``(A, B, vh_ms)``.
+  With ``need_vhat=False`` (no selected feature reads a ``vhat_k`` row) ``A``
+  has only its first 5 rows and ``vh_ms`` is None.
 
   A factored tensor read at every element (``stride == 1``) gets ``A``
   without its three ``vhat_k`` rows and their mean squares ``vh_ms`` [3]
@@ -227,20 +247,48 @@ def _factor_rows(g, p, ls: LeafState, stride: int):
     # sampled element in scalar code: 206 -> 182 us per step on
     # bench/apply.py.
     rs = sample(r_rs[..., :, None] * c_rs[..., None, :])
-    if stride == 1:
+    if need_vhat and stride == 1:
       lead = tuple(range(1, r.ndim - 1))
       vh_ms = jnp.mean(jnp.mean(jnp.square(r), -1) *
                        jnp.mean(jnp.square(c_vhat), -1), axis=lead)
-    else:
+    elif need_vhat:
       vh = sample(r[..., :, None] * c_vhat[..., None, :])
   else:
     vh = sample(ls.row)
     rs = jax.lax.rsqrt(vh + _EPS)
+    if not need_vhat:
+      vh = None
   one = jnp.ones_like(rv)
   a = jnp.concatenate([one, rv, rs] + ([] if vh is None else [vh]))
   b = jnp.concatenate([sample(g[None]), sample(p[None]), sample(ls.m),
                        sample(ls.v[None]), one])
   return a, b, vh_ms
+
+
+def _resolve_features(features) -> Tuple[str, ...]:
+  """``features`` (a preset name or feature names) as a tuple of names in
+  ``FEATURE_NAMES`` order; one clear error for anything else."""
+  if isinstance(features, str):
+    if features not in FEATURE_PRESETS:
+      raise ValueError(
+          f"Unknown feature preset {features!r}: use one of "
+          f"{sorted(FEATURE_PRESETS)} or a list of feature names from "
+          f"{list(FEATURE_NAMES)}.")
+    return FEATURE_PRESETS[features]
+  names = [str(n) for n in features]
+  unknown = [n for n in names if n not in FEATURE_NAMES]
+  if unknown:
+    raise ValueError(f"Unknown feature(s) {unknown}; known: "
+                     f"{list(FEATURE_NAMES)} (or a preset: "
+                     f"{sorted(FEATURE_PRESETS)}).")
+  if len(set(names)) != len(names):
+    raise ValueError(f"features lists a feature twice: {names}.")
+  if _SKIP_INIT_NAME not in names:
+    raise ValueError(
+        f"features must include {_SKIP_INIT_NAME!r}: the skip path starts "
+        "as RMS-normalised momentum, so that meta-training starts from a "
+        "working optimizer.")
+  return tuple(n for n in FEATURE_NAMES if n in names)
 
 
 def _bcast(d: jax.Array, ndim: int) -> jax.Array:
@@ -268,6 +316,11 @@ class PerParamMLP:
       ``sum_s w_s tanh(frac / s)`` to the log step scale (module docstring).
     loss_features: read the training loss and feed its EMA features to the
       first layer's bias and the log step scale (module docstring).
+    features: the per-parameter features the network reads: names from
+      ``FEATURE_NAMES`` (kept in that order; must include ``m1_rsqrt_v``,
+      the skip path's initial direction) or a preset, ``"all"`` (the
+      default, all 23) or ``"lean"`` (``LEAN_FEATURES``, 17: without the raw
+      ``vhat_k`` and ``rsqrt(vhat_k)``). Features not read are not computed.
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -281,12 +334,14 @@ class PerParamMLP:
   output_clip: float = 10.0
   learned_schedule: bool = True
   loss_features: bool = False
+  features: Tuple[str, ...] = FEATURE_NAMES
   mup: bool = False
 
   # Config keys added after the first learned-optimizer files were written,
   # with the value that reproduces those files' behaviour (lopt.io fills a
   # key in when a stored rule_config lacks it).
-  CONFIG_ADDED = {"learned_schedule": False, "loss_features": False}
+  CONFIG_ADDED = {"learned_schedule": False, "loss_features": False,
+                  "features": list(FEATURE_NAMES)}
 
   @property
   def uses_loss(self) -> bool:
@@ -310,6 +365,12 @@ class PerParamMLP:
     if not self.output_clip >= 0:
       raise ValueError(f"output_clip must be >= 0 (0: off), got "
                        f"{self.output_clip}.")
+    object.__setattr__(self, "features", _resolve_features(self.features))
+
+  @property
+  def _feature_idx(self) -> Tuple[int, ...]:
+    """Indices into ``FEATURE_NAMES`` of the features read."""
+    return tuple(FEATURE_NAMES.index(n) for n in self.features)
 
   @property
   def name(self) -> str:
@@ -322,7 +383,8 @@ class PerParamMLP:
 
   # -- meta-parameters -----------------------------------------------------
   def init_meta_params(self, key: jax.Array) -> PyTree:
-    sizes = (NUM_FEATURES,) + self.hidden_sizes
+    num_features = len(self.features)
+    sizes = (num_features,) + self.hidden_sizes
     keys = jax.random.split(key, len(sizes) + 1)
     layers = []
     for i in range(len(self.hidden_sizes)):
@@ -338,7 +400,8 @@ class PerParamMLP:
       layers.append(layer)
     out_w = 0.1 * jax.random.normal(keys[len(self.hidden_sizes)],
                                     (sizes[-1], 2)) / jnp.sqrt(sizes[-1])
-    skip = jnp.zeros((NUM_FEATURES,)).at[_SKIP_INIT_FEATURE].set(-1.0)
+    skip = jnp.zeros((num_features,)).at[
+        self.features.index(_SKIP_INIT_NAME)].set(-1.0)
     theta = {
         "layers": layers,
         "out": {"w": out_w, "b": jnp.zeros((2,))},
@@ -391,7 +454,8 @@ class PerParamMLP:
 
   def _features(self, g, p, ls: LeafState) -> list:
     vhat, rs_vhat = _second_moments(ls, g.shape)
-    return _features_from(g, p, ls.m, ls.v, vhat, rs_vhat)
+    feats = _features_from(g, p, ls.m, ls.v, vhat, rs_vhat)
+    return [feats[i] for i in self._feature_idx]
 
   def leaf_prepare(self, g, p, ls: LeafState):
     """Updates one tensor's accumulators; returns ``(ls, feats, inv)`` with
@@ -413,7 +477,9 @@ class PerParamMLP:
     (23 passes over the tensor, see README performance section).
     """
     stride = sample_stride(g.shape, self.norm_sample)
-    a, b, vh_ms = _factor_rows(g, p, ls, stride)
+    factors = [_FEATURE_FACTORS[i] for i in self._feature_idx]
+    need_vhat = any(a >= _A_VH for a, _ in factors)
+    a, b, vh_ms = _factor_rows(g, p, ls, stride, need_vhat)
     # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix
     # product instead of 23 reductions (which compile to ~90 tiny kernels per
     # tensor whose launch overhead exceeds the arithmetic; README
@@ -424,7 +490,7 @@ class PerParamMLP:
       # The vhat rows of the [8, 7] table, computed separably (only their
       # column _B_ONE is read).
       ms = jnp.concatenate([ms, jnp.broadcast_to(vh_ms[:, None], (3, 7))])
-    rows, cols = zip(*_FEATURE_FACTORS)
+    rows, cols = zip(*factors)
     return jax.lax.rsqrt(ms[jnp.array(rows), jnp.array(cols)] + _NORM_EPS)
 
   def leaf_apply(self, net, time_feats, feats, inv, log_scale, mu_scale,
@@ -444,7 +510,7 @@ class PerParamMLP:
     skip_eff = net["skip"] * inv                                      # [F]
     hidden = [
         jax.nn.relu(b_eff[j] + sum(w_eff[f, j] * feats[f]
-                                   for f in range(NUM_FEATURES)))
+                                   for f in range(len(feats))))
         for j in range(w_eff.shape[1])
     ]
     for layer in layers[1:]:
@@ -455,7 +521,7 @@ class PerParamMLP:
     w, b = net["out"]["w"], net["out"]["b"]
     direction = b[0] + sum(w[j, 0] * hidden[j] for j in range(len(hidden)))
     direction = direction + sum(skip_eff[f] * feats[f]
-                                for f in range(NUM_FEATURES))
+                                for f in range(len(feats)))
     magnitude = b[1] + sum(w[j, 1] * hidden[j] for j in range(len(hidden)))
     if self.output_clip:
       # The features are normalised by a tensor-wide RMS, so one element

@@ -359,3 +359,62 @@ def test_files_without_loss_features_load_without_them():
   assert "loss_features" not in loaded.header["rule_config"]
   assert loaded.rule.loss_features is False and not loaded.rule.uses_loss
   assert "loss_scale" not in loaded.theta
+
+
+@pytest.mark.parametrize("norm_sample", [2048, 16])
+def test_feature_subset_is_the_full_rule_with_those_weights_zeroed(
+    norm_sample):
+  """``features="lean"`` computes exactly what the 23-feature rule computes
+  when the first-layer rows and skip weights of the dropped features are
+  zero (on small tensors read whole and on sampled ones)."""
+  lean = lopt.rules.get("mlp", features="lean", norm_sample=norm_sample)
+  full = lopt.rules.get("mlp", norm_sample=norm_sample)
+  assert lean.features == mlp_lib.LEAN_FEATURES
+  assert len(lean.features) == 17 and full.features == mlp_lib.FEATURE_NAMES
+  theta = lean.init_meta_params(jax.random.PRNGKey(3))
+  keep = np.asarray([n in lean.features for n in mlp_lib.FEATURE_NAMES])
+  w0 = np.zeros((mlp_lib.NUM_FEATURES, lean.hidden_sizes[0]), np.float32)
+  w0[keep] = np.asarray(theta["layers"][0]["w"])
+  skip = np.zeros((mlp_lib.NUM_FEATURES,), np.float32)
+  skip[keep] = np.asarray(theta["skip"])
+  theta_full = dict(theta, skip=jnp.asarray(skip),
+                    layers=[dict(theta["layers"][0], w=jnp.asarray(w0))])
+  # The dropped weights are not in the lean theta at all.
+  assert theta["layers"][0]["w"].shape == (17, lean.hidden_sizes[0])
+  assert theta["skip"].shape == (17,)
+  params = _params()
+  u_lean, st_lean, p_lean = _run(lean, theta, params, 4)
+  u_full, st_full, p_full = _run(full, theta_full, params, 4)
+  for a, b in zip(jax.tree.leaves(u_lean), jax.tree.leaves(u_full)):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-10)
+  assert any(float(jnp.abs(u).max()) > 0 for u in jax.tree.leaves(u_lean))
+  # The state (accumulators) does not depend on the features read.
+  for a, b in zip(jax.tree.leaves(st_lean), jax.tree.leaves(st_full)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_feature_subsets_round_trip_and_bad_ones_fail_clearly():
+  names = ["m1_rsqrt_v", "g", "rms"]            # any order: stored in canon.
+  rule = lopt.rules.get("mlp", features=names)
+  assert rule.features == ("g", "rms", "m1_rsqrt_v")
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  # The skip path starts as -m1 rsqrt(v), wherever that feature sits.
+  np.testing.assert_array_equal(theta["skip"], [0.0, 0.0, -1.0])
+  again = lopt.rules.get("mlp", **rule.config())
+  assert again == rule and again.config()["features"] == list(rule.features)
+  assert lopt.rules.get("mlp", features="all") == lopt.rules.get("mlp")
+  with pytest.raises(ValueError, match="Unknown feature preset 'tiny'"):
+    lopt.rules.get("mlp", features="tiny")
+  with pytest.raises(ValueError, match=r"Unknown feature\(s\) \['vhat4'\]"):
+    lopt.rules.get("mlp", features=["g", "vhat4", "m1_rsqrt_v"])
+  with pytest.raises(ValueError, match="twice"):
+    lopt.rules.get("mlp", features=["g", "g", "m1_rsqrt_v"])
+  with pytest.raises(ValueError, match="must include 'm1_rsqrt_v'"):
+    lopt.rules.get("mlp", features=["g", "p"])
+
+
+def test_files_without_features_load_with_all_23():
+  loaded = lopt.read("mlp_digits")
+  assert "features" not in loaded.header["rule_config"]
+  assert loaded.rule.features == mlp_lib.FEATURE_NAMES
+  assert loaded.theta["skip"].shape == (mlp_lib.NUM_FEATURES,)
