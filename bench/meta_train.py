@@ -15,7 +15,11 @@ the window together). The processes do not exchange gradients here (a
 learner's averaging of a few hundred floats per step is negligible next to
 the unrolls). ``--procs 1`` is the single-process number.
 
-Usage: ``python bench/meta_train.py [--quick] [--procs N] [--steps S]``.
+``--features lean`` measures the ``mlp`` rule with its 17-feature preset
+instead of the shipped optimizers' 23 features (the default).
+
+Usage: ``python bench/meta_train.py [--quick] [--procs N] [--steps S]
+[--features all|lean]``.
 Progress goes to stderr; the last stdout line is one JSON object::
 
     {"mlp+es_single": {"inner_steps_per_s": ..., "s_per_outer_step": ...},
@@ -48,14 +52,16 @@ STD = 0.01
 
 
 def bench_config(rule: str, estimator: str, num_tasks: int = NUM_TASKS,
-                 trunc_length: int = TRUNC_LENGTH):
+                 trunc_length: int = TRUNC_LENGTH, rule_config=None):
   """The benchmark's meta-training config for ``rule`` + ``estimator``
-  (digits-MLP family by default). Also used by ``bench/profile.py``, so
-  that its profile is of this workload."""
+  (digits-MLP family by default; ``rule_config`` overrides the rule's
+  defaults). Also used by ``bench/profile.py``, so that its profile is of
+  this workload."""
   from lopt.meta_train.config import MetaTrainConfig
   return MetaTrainConfig(rule=rule, estimator=estimator, num_tasks=num_tasks,
                          trunc_length=trunc_length, horizon_min=HORIZONS[0],
-                         horizon_max=HORIZONS[1], std=STD)
+                         horizon_max=HORIZONS[1], std=STD,
+                         rule_config=dict(rule_config or {}))
 
 
 def _parse(argv=None):
@@ -75,6 +81,9 @@ def _parse(argv=None):
                   "mlp+pes,sgd+es_single,sgd+pes)")
   ap.add_argument("--threads", type=int, default=1,
                   help="1 = single-threaded XLA (default, fastest here)")
+  ap.add_argument("--features", default="all",
+                  help="the mlp rule's feature set: 'all' (default, the "
+                  "shipped optimizers' rule) or 'lean' (17 features)")
   ap.add_argument("--no-pin", dest="pin", action="store_false",
                   help="do not pin process i to core i (pinning is the "
                   "default: see lopt.meta_train.cpu)")
@@ -98,7 +107,10 @@ def _worker(rank, procs, combos, args, barrier, queue):
   mine = [int(i) for i in slices[rank]]
   for combo in combos:
     rule, est = combo.split("+")
-    cfg = bench_config(rule, est, args.num_tasks, args.trunc_length)
+    rule_config = ({"features": args.features}
+                   if rule in ("mlp", "mu_mlp") else None)
+    cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
+                       rule_config)
     trainer = MetaTrainer(cfg, task_indices=mine)
     state = trainer.init_state()
     t0 = time.perf_counter()
@@ -190,6 +202,7 @@ def main(argv=None):
                    "horizons": list(HORIZONS), "task_family": "digits_mlp",
                    "outer_steps_per_window": args.steps,
                    "repeats": args.repeats, "pinned": args.pin,
+                   "mlp_features": args.features,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out["wall_s"] = round(time.time() - t_start, 1)
   print(json.dumps(out))

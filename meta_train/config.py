@@ -254,7 +254,8 @@ class MetaTrainConfig:
       try:
         lopt.rules.get(self.rule, **self.rule_config)
       except (ValueError, TypeError) as e:
-        problems.append(f"bad rule_config for {self.rule!r}: {e}")
+        problems.append(f"bad rule_config for {self.rule!r}: "
+                        f"{str(e).rstrip('.')}")
     import lopt.tasks
     names = self.family_names
     unknown = [n for n in names if n not in lopt.tasks.list_families()]
