@@ -13,7 +13,8 @@ judged the targets on the wall-clock ratio.
 All rules and Adam are measured in the same process, interleaved, so the
 ratio is robust to the machine's speed.
 
-Usage: ``python bench/apply.py [--quick] [--rules mlp,velo] [--threads N]``.
+Usage: ``python bench/apply.py [--quick] [--rules mlp,velo] [--threads N]``;
+a rule may carry one config value, e.g. ``--rules mlp,mlp:features=lean``.
 Prints progress to stderr and one JSON object as its last stdout line::
 
     {"adam_us_per_step": ..., "rules": {"<rule>": {"us_per_step": ...,
@@ -100,7 +101,9 @@ def build(rules, steps):
 
   opts = {"adam": optax.adam(1e-3)}
   for name in rules:
-    rule = lopt.rules.get(name)
+    base, _, kv = name.partition(":")           # e.g. "mlp:features=lean"
+    kwargs = dict([kv.split("=", 1)]) if kv else {}
+    rule = lopt.rules.get(base, **kwargs)
     theta = rule.init_meta_params(jax.random.PRNGKey(1))
     opts["rule:" + name] = lopt.as_optax(rule, theta, steps)
   return opts, make_run, params, lopt.tree_size(params)
