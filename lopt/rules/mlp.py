@@ -105,7 +105,7 @@ _SKIP_INIT_NAME = "m1_rsqrt_v"
 #: factored second moments ``vhat_k`` and ``rsqrt(vhat_k)`` (the gradient and
 #: momenta normalised by them stay). Per element that is 6 fewer inputs to
 #: every hidden unit and to the skip path, and the normaliser loses its
-#: ``vhat`` rows: ~25% more meta-training throughput (README performance
+#: ``vhat`` rows: ~20% more meta-training throughput (README performance
 #: section), the compute/quality trade-off studied by Metz et al. 2022.
 LEAN_FEATURES: Tuple[str, ...] = tuple(
     n for n in FEATURE_NAMES
