@@ -183,8 +183,9 @@ def test_file_from_before_a_config_key_existed_loads_as_then(tmp_path):
   header, payload = _header_and_payload(path)
   del header["rule_config"]["learned_schedule"]
   _write(path, header, payload)
-  assert lopt.rules.config_added("mlp") == {"learned_schedule": False,
-                                            "loss_features": False}
+  assert lopt.rules.config_added("mlp") == {
+      "learned_schedule": False, "loss_features": False,
+      "features": list(lopt.rules.mlp.FEATURE_NAMES)}
   assert lopt.rules.config_added("sgd") == {}
   loaded = lopt.read(path)
   assert loaded.rule.learned_schedule is False
