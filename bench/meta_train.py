@@ -16,10 +16,11 @@ learner's averaging of a few hundred floats per step is negligible next to
 the unrolls). ``--procs 1`` is the single-process number.
 
 ``--features lean`` measures the ``mlp`` rule with its 17-feature preset
-instead of the shipped optimizers' 23 features (the default).
+instead of the shipped optimizers' 23 features (the default);
+``--norm-sample N`` sets its normaliser's subsample (default 2048).
 
 Usage: ``python bench/meta_train.py [--quick] [--procs N] [--steps S]
-[--features all|lean]``.
+[--features all|lean] [--norm-sample N]``.
 Progress goes to stderr; the last stdout line is one JSON object::
 
     {"mlp+es_single": {"inner_steps_per_s": ..., "s_per_outer_step": ...},
@@ -29,7 +30,11 @@ Progress goes to stderr; the last stdout line is one JSON object::
 ``mlp_to_sgd_ratio`` is mlp+es_single over sgd+es_single throughput
 (``mlp_to_sgd_cpu_ratio`` the same on CPU-time rates).
 Timings on a shared machine are noisy: the best of ``--repeats`` windows is
-reported. ``inner_steps_per_cpu_s`` (inner steps per CPU-second of the
+reported. The combos' windows are interleaved (window i of every combo, then
+window i + 1), so ``mlp_to_sgd_ratio_paired`` also gives the ratio of each
+pair of neighbouring windows (sorted) and ``mlp_to_sgd_ratio_paired_median``
+their median: on a machine whose load drifts, the ratio of two best windows
+may come from different minutes, a paired ratio does not. ``inner_steps_per_cpu_s`` (inner steps per CPU-second of the
 processes, single-threaded XLA) is less sensitive to other load on the
 machine; with ``procs`` idle cores the wall-clock rate approaches
 ``procs`` times it.
@@ -84,6 +89,9 @@ def _parse(argv=None):
   ap.add_argument("--features", default="all",
                   help="the mlp rule's feature set: 'all' (default, the "
                   "shipped optimizers' rule) or 'lean' (17 features)")
+  ap.add_argument("--norm-sample", type=int, default=None,
+                  help="the mlp rule's norm_sample (default: the rule's "
+                  "default, 2048, what the shipped optimizers use)")
   ap.add_argument("--no-pin", dest="pin", action="store_false",
                   help="do not pin process i to core i (pinning is the "
                   "default: see lopt.meta_train.cpu)")
@@ -105,10 +113,14 @@ def _worker(rank, procs, combos, args, barrier, queue):
 
   slices = np.array_split(np.arange(args.num_tasks), procs)
   mine = [int(i) for i in slices[rank]]
+  runs = []
   for combo in combos:
     rule, est = combo.split("+")
-    rule_config = ({"features": args.features}
-                   if rule in ("mlp", "mu_mlp") else None)
+    rule_config = None
+    if rule in ("mlp", "mu_mlp"):
+      rule_config = {"features": args.features}
+      if args.norm_sample is not None:
+        rule_config["norm_sample"] = args.norm_sample
     cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
                        rule_config)
     trainer = MetaTrainer(cfg, task_indices=mine)
@@ -120,9 +132,13 @@ def _worker(rank, procs, combos, args, barrier, queue):
     for _ in range(2):                           # warm-up
       state, m = trainer.step_fn(state)
     jax.block_until_ready(state)
-    per_step = float(m["inner_steps"])
-    windows = []
-    for _ in range(args.repeats):
+    runs.append([combo, trainer, state, m, compile_s, []])
+  # Interleaved: each repeat times one window of every combo in turn, so
+  # that the combos' i-th windows lie close together in time and a ratio of
+  # two combos compares neighbouring windows (the machine's load drifts).
+  for _ in range(args.repeats):
+    for run in runs:
+      _, trainer, state, m, _, windows = run
       barrier.wait()
       t0, c0 = time.perf_counter(), time.process_time()
       for _ in range(args.steps):
@@ -130,9 +146,11 @@ def _worker(rank, procs, combos, args, barrier, queue):
       jax.block_until_ready(state)
       t1, c1 = time.perf_counter(), time.process_time()
       windows.append((t0, t1, c1 - c0))
+      run[2], run[3] = state, m
       barrier.wait()
-    queue.put((combo, rank, per_step * args.steps, windows, compile_s,
-               bool(np.isfinite(float(m["meta_loss"])))))
+  for combo, _, _, m, compile_s, windows in runs:
+    queue.put((combo, rank, float(m["inner_steps"]) * args.steps, windows,
+               compile_s, bool(np.isfinite(float(m["meta_loss"])))))
   barrier.wait()
 
 
@@ -170,18 +188,23 @@ def main(argv=None):
       raise SystemExit(f"bench worker failed with exit code {w.exitcode}")
 
   out = {}
+  rates = {}
   for combo in combos:
     per_rank = results[combo]
     best = None
+    rates[combo] = []
     for i in range(args.repeats):
       start = min(per_rank[r][1][i][0] for r in per_rank)
       end = max(per_rank[r][1][i][1] for r in per_rank)
       steps = sum(per_rank[r][0] for r in per_rank)
       rate = steps / (end - start)
+      rates[combo].append(rate)
       cpu = sum(per_rank[r][1][i][2] for r in per_rank)
       if best is None or rate > best[0]:
         best = (rate, (end - start) / args.steps, steps / max(cpu, 1e-9))
     out[combo] = {"inner_steps_per_s": round(best[0], 1),
+                  "windows_inner_steps_per_s": [round(x, 1)
+                                                for x in rates[combo]],
                   "s_per_outer_step": round(best[1], 5),
                   "inner_steps_per_cpu_s": round(best[2], 1),
                   "compile_s": round(max(per_rank[r][2] for r in per_rank),
@@ -196,6 +219,12 @@ def main(argv=None):
     out["mlp_to_sgd_cpu_ratio"] = round(
         out["mlp+es_single"]["inner_steps_per_cpu_s"] /
         out["sgd+es_single"]["inner_steps_per_cpu_s"], 3)
+    paired = sorted(a / b for a, b in zip(rates["mlp+es_single"],
+                                          rates["sgd+es_single"]))
+    out["mlp_to_sgd_ratio_paired"] = [round(x, 3) for x in paired]
+    out["mlp_to_sgd_ratio_paired_median"] = round(
+        paired[len(paired) // 2] if len(paired) % 2 else
+        0.5 * (paired[len(paired) // 2 - 1] + paired[len(paired) // 2]), 3)
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
@@ -203,6 +232,7 @@ def main(argv=None):
                    "outer_steps_per_window": args.steps,
                    "repeats": args.repeats, "pinned": args.pin,
                    "mlp_features": args.features,
+                   "mlp_norm_sample": args.norm_sample,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out["wall_s"] = round(time.time() - t_start, 1)
   print(json.dumps(out))

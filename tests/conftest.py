@@ -9,8 +9,33 @@ from lopt import cpu_flags  # noqa: E402  (imports jax; its backend starts later
 cpu_flags.apply()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# The suite never writes a persistent compilation cache (lopt.compile_cache).
+# Ray renices its worker processes to 15. Under pytest-xdist the Ray tests
+# share the cores with another test process, which would then starve the
+# Ray workers (~2.5x slower Ray tests); in the suite they run at the normal
+# priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
+# The suite never writes lopt's persistent compilation cache (~/.cache/lopt,
+# lopt.compile_cache).
 os.environ.setdefault("LOPT_XLA_CACHE_DIR", "off")
+
+# Many tests compile the same programs (the same tiny meta-training config,
+# the same rule on the same parameters): a compilation cache private to this
+# test session serves the repeats. The first pytest process makes it; pytest-
+# xdist workers inherit the variable and share it; it is removed at exit.
+# Set LOPT_TEST_XLA_CACHE=off to compile everything afresh.
+if os.environ.get("LOPT_TEST_XLA_CACHE", "").lower() != "off":
+  if not os.environ.get("LOPT_TEST_XLA_CACHE"):
+    import atexit
+    import shutil
+    import tempfile
+    os.environ["LOPT_TEST_XLA_CACHE"] = tempfile.mkdtemp(
+        prefix="lopt-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["LOPT_TEST_XLA_CACHE"], True)
+  import jax  # noqa: E402
+  jax.config.update("jax_compilation_cache_dir",
+                    os.environ["LOPT_TEST_XLA_CACHE"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import pytest  # noqa: E402
 

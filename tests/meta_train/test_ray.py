@@ -31,8 +31,13 @@ from lopt.meta_train.trainer import MetaTrainer
 # Ray starts its daemons and workers as subprocesses (fork immediately
 # followed by exec), which trips JAX's os.fork warning; as in
 # lopt.meta_train.distributed.ray_connection, it is harmless here.
-pytestmark = pytest.mark.filterwarnings(
-    r"ignore:os\.fork\(\) was called:RuntimeWarning")
+# With pytest-xdist (the README's test command), the module's tests share one
+# worker ("loadgroup"), so that its one Ray instance serves them all.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        r"ignore:os\.fork\(\) was called:RuntimeWarning"),
+    pytest.mark.xdist_group("ray"),
+]
 
 TINY = dict(rule="sgd", task_family="quadratic", num_tasks=4, trunc_length=5,
             horizon_min=6, horizon_max=20, outer_steps=4, log_every=1,
