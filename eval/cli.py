@@ -78,8 +78,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--workers", type=int, default=None,
                  help="units compiled/executed concurrently (default: "
                  "min(2, cores))")
-  p.add_argument("--quiet", "-q", action="store_true",
-                 help="no progress bar")
+  p.add_argument("--no-progress", "--quiet", "-q", dest="quiet",
+                 action="store_true",
+                 help="no progress bar (--no-progress, as in lopt meta-train)")
   return p
 
 

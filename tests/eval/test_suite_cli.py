@@ -105,10 +105,13 @@ def test_cli_runs_and_prints_table(registry, tmp_path, capsys):
   code = cli.main(["--optimizer", "sgdm:lr=0.05", "--tasks", "quad",
                    "--steps", "20", "--seeds", "0,1", "--out", str(out),
                    "--cache-dir", str(tmp_path / "c"), "--num-lrs", "2",
-                   "--lr-range", "1e-3:1e-1", "--no-plots", "-q"])
+                   "--lr-range", "1e-3:1e-1", "--no-plots",
+                   "--no-progress"])
   captured = capsys.readouterr()
   assert code == 0, captured.err
   assert "| quad |" in captured.out and "Results:" in captured.out
+  # --no-progress (lopt meta-train's name; also -q / --quiet): no progress.
+  assert not [l for l in captured.err.splitlines() if l.startswith("eval")]
   rec = json.loads((out / "results.json").read_text())
   assert rec["config"]["lrs"]["adam"] == [1e-3, 1e-1]
   assert rec["config"]["seeds"] == [0, 1]
