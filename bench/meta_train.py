@@ -34,10 +34,10 @@ reported. The combos' windows are interleaved (window i of every combo, then
 window i + 1), so ``mlp_to_sgd_ratio_paired`` also gives the ratio of each
 pair of neighbouring windows (sorted) and ``mlp_to_sgd_ratio_paired_median``
 their median: on a machine whose load drifts, the ratio of two best windows
-may come from different minutes, a paired ratio does not. ``inner_steps_per_cpu_s`` (inner steps per CPU-second of the
-processes, single-threaded XLA) is less sensitive to other load on the
-machine; with ``procs`` idle cores the wall-clock rate approaches
-``procs`` times it.
+may come from different minutes, a paired ratio does not.
+``inner_steps_per_cpu_s`` (inner steps per CPU-second of the processes,
+single-threaded XLA) is less sensitive to other load on the machine; with
+``procs`` idle cores the wall-clock rate approaches ``procs`` times it.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import statistics
 import sys
 import time
 
@@ -222,9 +223,8 @@ def main(argv=None):
     paired = sorted(a / b for a, b in zip(rates["mlp+es_single"],
                                           rates["sgd+es_single"]))
     out["mlp_to_sgd_ratio_paired"] = [round(x, 3) for x in paired]
-    out["mlp_to_sgd_ratio_paired_median"] = round(
-        paired[len(paired) // 2] if len(paired) % 2 else
-        0.5 * (paired[len(paired) // 2 - 1] + paired[len(paired) // 2]), 3)
+    out["mlp_to_sgd_ratio_paired_median"] = round(statistics.median(paired),
+                                                  3)
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
