@@ -52,10 +52,11 @@ are exactly those of the rule without loss features. They let the rule tell
 a falling loss from a plateau or a spike, which the per-parameter features
 cannot see.
 
-``features`` selects which of the 23 features the network reads (default
-all; the ``"lean"`` preset drops the six raw ``vhat_k`` and ``rsqrt(vhat_k)``,
-leaving 17): fewer inputs per hidden unit and skip weight, the compute /
-performance trade-off of Metz et al. 2022. A feature not read is neither
+``features`` selects which of the 23 features the network reads (default,
+since session 17, the ``"lean"`` preset: without the six raw ``vhat_k`` and
+``rsqrt(vhat_k)``, leaving 17; ``"all"`` reads all 23): fewer inputs per
+hidden unit and skip weight, the compute / performance trade-off of Metz et
+al. 2022. A feature not read is neither
 computed nor normalised; a rule with a subset is exactly the full rule with
 the other features' first-layer and skip weights at zero.
 
@@ -308,7 +309,10 @@ class PerParamMLP:
     exp_mult: multiplier of the magnitude output inside the exponential.
     norm_sample: the per-tensor feature RMS is computed over an evenly
       strided subset of about this many elements (exact for tensors that are
-      not larger).
+      not larger). 1024 since session 17 (2048 before): with the 17
+      features, meta-training runs ~1.3x faster than the 23-feature,
+      2048-sample rule, at the same held-out quality in two seeds
+      (docs/meta_training_experiments.md, sessions 16-17).
     output_clip: the direction ``d`` and magnitude ``mg`` outputs are
       clipped to ``[-output_clip, output_clip]`` (0: off), which bounds one
       element's step by ``exp(log_step_scale) * c * exp(exp_mult * c)``.
@@ -318,9 +322,10 @@ class PerParamMLP:
       first layer's bias and the log step scale (module docstring).
     features: the per-parameter features the network reads: names from
       ``FEATURE_NAMES`` (kept in that order; must include ``m1_rsqrt_v``,
-      the skip path's initial direction) or a preset, ``"all"`` (the
-      default, all 23) or ``"lean"`` (``LEAN_FEATURES``, 17: without the raw
-      ``vhat_k`` and ``rsqrt(vhat_k)``). Features not read are not computed.
+      the skip path's initial direction) or a preset, ``"lean"``
+      (``LEAN_FEATURES``, the default since session 17: 17 features, without
+      the raw ``vhat_k`` and ``rsqrt(vhat_k)``) or ``"all"`` (all 23, the
+      default before). Features not read are not computed.
     mup: muP variant (hidden-tensor updates scaled by ``1/fan_in``).
   """
 
@@ -330,18 +335,20 @@ class PerParamMLP:
   timescales: Tuple[float, ...] = (0.03, 0.1, 0.3, 1.0, 3.0)
   initial_step_scale: float = 1e-3
   exp_mult: float = 0.1
-  norm_sample: int = 2048
+  norm_sample: int = 1024
   output_clip: float = 10.0
   learned_schedule: bool = True
   loss_features: bool = False
-  features: Tuple[str, ...] = FEATURE_NAMES
+  features: Tuple[str, ...] = LEAN_FEATURES
   mup: bool = False
 
   # Config keys added after the first learned-optimizer files were written,
   # with the value that reproduces those files' behaviour (lopt.io fills a
-  # key in when a stored rule_config lacks it).
+  # key in when a stored rule_config lacks it). Files before ``norm_sample``
+  # normalised over every element (2**62: stride 1); files before
+  # ``features`` read all 23.
   CONFIG_ADDED = {"learned_schedule": False, "loss_features": False,
-                  "features": list(FEATURE_NAMES)}
+                  "features": list(FEATURE_NAMES), "norm_sample": 2 ** 62}
 
   @property
   def uses_loss(self) -> bool:

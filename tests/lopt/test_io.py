@@ -185,7 +185,8 @@ def test_file_from_before_a_config_key_existed_loads_as_then(tmp_path):
   _write(path, header, payload)
   assert lopt.rules.config_added("mlp") == {
       "learned_schedule": False, "loss_features": False,
-      "features": list(lopt.rules.mlp.FEATURE_NAMES)}
+      "features": list(lopt.rules.mlp.FEATURE_NAMES),
+      "norm_sample": 2 ** 62}
   assert lopt.rules.config_added("sgd") == {}
   loaded = lopt.read(path)
   assert loaded.rule.learned_schedule is False
@@ -195,3 +196,28 @@ def test_file_from_before_a_config_key_existed_loads_as_then(tmp_path):
   b = _updates(loaded.as_optax(num_steps=20), params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_file_without_norm_sample_normalises_over_every_element(tmp_path):
+  # Files written before the MLP rule sampled its normaliser (no
+  # `norm_sample` key) normalised each feature over the whole tensor: they
+  # load with a sample larger than any tensor, not with today's default
+  # (1024), whose sampled normaliser gives different updates on a tensor of
+  # more elements.
+  rule = lopt.rules.get("mlp", norm_sample=2 ** 62)
+  theta = rule.init_meta_params(jax.random.PRNGKey(7))
+  path = lopt.save(tmp_path / "old.lopt", rule, theta)
+  header, payload = _header_and_payload(path)
+  del header["rule_config"]["norm_sample"]
+  _write(path, header, payload)
+  loaded = lopt.read(path)
+  assert loaded.rule.norm_sample == 2 ** 62
+  assert lopt.rules.get("mlp").norm_sample == 1024
+  params = {"w": jnp.sin(jnp.arange(48 * 64.0)).reshape(48, 64)}   # 3072
+  a = _updates(lopt.as_optax(rule, theta, num_steps=20), params)
+  b = _updates(loaded.as_optax(num_steps=20), params)
+  c = _updates(lopt.as_optax(lopt.rules.get("mlp"), theta, num_steps=20),
+               params)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["w"], y["w"])
+  assert not np.allclose(a[-1]["w"], c[-1]["w"], rtol=1e-4, atol=0)

@@ -167,7 +167,7 @@ def test_features_finite_for_zero_grads_and_params(shape):
 def test_sampled_feature_norm_uses_exact_features(shape):
   """The normaliser is 1/RMS of exactly the features at every stride-th
   element (and of all elements for small tensors)."""
-  rule = lopt.rules.get("mlp", norm_sample=64)
+  rule = lopt.rules.get("mlp", features="all", norm_sample=64)
   p = jax.random.normal(jax.random.PRNGKey(1), shape)
   g = jax.random.normal(jax.random.PRNGKey(2), shape)
   ls = mlp_lib._init_leaf(p)
@@ -182,7 +182,7 @@ def test_sampled_feature_norm_uses_exact_features(shape):
                             ** 2) + 1e-12) for f in feats])
   np.testing.assert_allclose(inv, want, rtol=1e-5)
   # And for small tensors the normaliser is exact.
-  exact = lopt.rules.get("mlp", norm_sample=10**6)
+  exact = lopt.rules.get("mlp", features="all", norm_sample=10**6)
   inv = exact._feature_inv_rms(g, p, ls)
   want = jnp.stack([1 / jnp.sqrt(jnp.mean(f**2) + 1e-12) for f in feats])
   np.testing.assert_allclose(inv, want, rtol=1e-5)
@@ -368,7 +368,7 @@ def test_feature_subset_is_the_full_rule_with_those_weights_zeroed(
   when the first-layer rows and skip weights of the dropped features are
   zero (on small tensors read whole and on sampled ones)."""
   lean = lopt.rules.get("mlp", features="lean", norm_sample=norm_sample)
-  full = lopt.rules.get("mlp", norm_sample=norm_sample)
+  full = lopt.rules.get("mlp", features="all", norm_sample=norm_sample)
   assert lean.features == mlp_lib.LEAN_FEATURES
   assert len(lean.features) == 17 and full.features == mlp_lib.FEATURE_NAMES
   theta = lean.init_meta_params(jax.random.PRNGKey(3))
@@ -402,7 +402,11 @@ def test_feature_subsets_round_trip_and_bad_ones_fail_clearly():
   np.testing.assert_array_equal(theta["skip"], [0.0, 0.0, -1.0])
   again = lopt.rules.get("mlp", **rule.config())
   assert again == rule and again.config()["features"] == list(rule.features)
-  assert lopt.rules.get("mlp", features="all") == lopt.rules.get("mlp")
+  # The default (since session 17) is the lean preset; "all" reads all 23.
+  assert lopt.rules.get("mlp", features="lean") == lopt.rules.get("mlp")
+  assert lopt.rules.get("mlp").features == mlp_lib.LEAN_FEATURES
+  assert (lopt.rules.get("mlp", features="all").features
+          == mlp_lib.FEATURE_NAMES)
   with pytest.raises(ValueError, match="Unknown feature preset 'tiny'"):
     lopt.rules.get("mlp", features="tiny")
   with pytest.raises(ValueError, match=r"Unknown feature\(s\) \['vhat4'\]"):

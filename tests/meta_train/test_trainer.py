@@ -220,7 +220,13 @@ def test_init_from_errors_before_work(tmp_path):
   # A shipped name resolves (and its rule must match too).
   with pytest.raises(ConfigError, match="holds rule 'mlp'"):
     _tiny(init_from="mlp_digits").validate()
-  _tiny(rule="mlp", init_from="mlp_digits").validate()
+  # mlp_digits reads all 23 features with a 2048-element normaliser sample,
+  # not the rule's defaults since session 17 (17 features, 1024).
+  with pytest.raises(ConfigError, match="set rule and rule_config"):
+    _tiny(rule="mlp", init_from="mlp_digits").validate()
+  _tiny(rule="mlp", rule_config={"features": "all", "norm_sample": 2048,
+                                 "learned_schedule": True},
+        init_from="mlp_digits").validate()
 
 
 def test_schedule_warmup_cosine():
