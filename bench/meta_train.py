@@ -15,9 +15,10 @@ the window together). The processes do not exchange gradients here (a
 learner's averaging of a few hundred floats per step is negligible next to
 the unrolls). ``--procs 1`` is the single-process number.
 
-``--features lean`` measures the ``mlp`` rule with its 17-feature preset
-instead of the shipped optimizers' 23 features (the default);
-``--norm-sample N`` sets its normaliser's subsample (default 2048).
+The ``mlp`` rule runs with its defaults (since session 17: the 17-feature
+``lean`` preset and a 1024-element normaliser sample); ``--features all``
+and ``--norm-sample 2048`` measure the shipped optimizers' rule (23
+features, 2048).
 
 Usage: ``python bench/meta_train.py [--quick] [--procs N] [--steps S]
 [--features all|lean] [--norm-sample N]``.
@@ -87,12 +88,14 @@ def _parse(argv=None):
                   "mlp+pes,sgd+es_single,sgd+pes)")
   ap.add_argument("--threads", type=int, default=1,
                   help="1 = single-threaded XLA (default, fastest here)")
-  ap.add_argument("--features", default="all",
-                  help="the mlp rule's feature set: 'all' (default, the "
-                  "shipped optimizers' rule) or 'lean' (17 features)")
+  ap.add_argument("--features", default=None,
+                  help="the mlp rule's feature set: 'lean' (17 features) or "
+                  "'all' (23, the shipped optimizers' rule); default: the "
+                  "rule's default (lean since session 17)")
   ap.add_argument("--norm-sample", type=int, default=None,
                   help="the mlp rule's norm_sample (default: the rule's "
-                  "default, 2048, what the shipped optimizers use)")
+                  "default, 1024 since session 17; the shipped optimizers "
+                  "use 2048)")
   ap.add_argument("--no-pin", dest="pin", action="store_false",
                   help="do not pin process i to core i (pinning is the "
                   "default: see lopt.meta_train.cpu)")
@@ -119,7 +122,9 @@ def _worker(rank, procs, combos, args, barrier, queue):
     rule, est = combo.split("+")
     rule_config = None
     if rule in ("mlp", "mu_mlp"):
-      rule_config = {"features": args.features}
+      rule_config = {}
+      if args.features is not None:
+        rule_config["features"] = args.features
       if args.norm_sample is not None:
         rule_config["norm_sample"] = args.norm_sample
     cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
@@ -225,14 +230,20 @@ def main(argv=None):
     out["mlp_to_sgd_ratio_paired"] = [round(x, 3) for x in paired]
     out["mlp_to_sgd_ratio_paired_median"] = round(statistics.median(paired),
                                                   3)
+  # The mlp rule measured, with its defaults resolved (imported only now:
+  # the workers are done, so jax loads in this process after them).
+  import lopt.rules
+  mlp_rule = lopt.rules.get("mlp", **{
+      k: v for k, v in (("features", args.features),
+                        ("norm_sample", args.norm_sample)) if v is not None})
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
                    "horizons": list(HORIZONS), "task_family": "digits_mlp",
                    "outer_steps_per_window": args.steps,
                    "repeats": args.repeats, "pinned": args.pin,
-                   "mlp_features": args.features,
-                   "mlp_norm_sample": args.norm_sample,
+                   "mlp_features": len(mlp_rule.features),
+                   "mlp_norm_sample": mlp_rule.norm_sample,
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out["wall_s"] = round(time.time() - t_start, 1)
   print(json.dumps(out))
