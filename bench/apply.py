@@ -14,7 +14,10 @@ All rules and Adam are measured in the same process, interleaved, so the
 ratio is robust to the machine's speed.
 
 Usage: ``python bench/apply.py [--quick] [--rules mlp,velo] [--threads N]``;
-a rule may carry one config value, e.g. ``--rules mlp,mlp:features=lean``.
+a rule may carry config values, e.g. ``--rules
+mlp,mlp:features=all:norm_sample=2048`` (the ``mlp`` rule's defaults since
+session 17 are 17 features and a 1024-element normaliser sample; the shipped
+optimizers read all 23 features with 2048).
 Prints progress to stderr and one JSON object as its last stdout line::
 
     {"adam_us_per_step": ..., "rules": {"<rule>": {"us_per_step": ...,
@@ -101,8 +104,15 @@ def build(rules, steps):
 
   opts = {"adam": optax.adam(1e-3)}
   for name in rules:
-    base, _, kv = name.partition(":")           # e.g. "mlp:features=lean"
-    kwargs = dict([kv.split("=", 1)]) if kv else {}
+    # e.g. "mlp:features=all:norm_sample=2048" (the shipped optimizers' rule)
+    base, *kvs = name.split(":")
+    kwargs = {}
+    for kv in kvs:
+      key, _, value = kv.partition("=")
+      try:
+        kwargs[key] = json.loads(value)
+      except json.JSONDecodeError:
+        kwargs[key] = value
     rule = lopt.rules.get(base, **kwargs)
     theta = rule.init_meta_params(jax.random.PRNGKey(1))
     opts["rule:" + name] = lopt.as_optax(rule, theta, steps)

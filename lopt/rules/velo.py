@@ -105,7 +105,11 @@ class VeLOLite:
                        initial_step_scale=self.initial_step_scale,
                        exp_mult=self.exp_mult, mup=self.mup,
                        # The per-tensor LSTM sets the step scale over time.
-                       learned_schedule=False)
+                       learned_schedule=False,
+                       # Fixed, not the mlp rule's defaults (17 features and
+                       # 1024 since session 17): velo's meta-parameters and
+                       # per-tensor statistics stay those of its files.
+                       features=FEATURE_NAMES, norm_sample=2048)
 
   @property
   def _summary_size(self) -> int:

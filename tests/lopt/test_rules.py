@@ -222,6 +222,19 @@ def test_param_meta_errors():
     lopt.ParamMeta("middle", 1, 1)
 
 
+@pytest.mark.parametrize("name", ["velo", "mu_velo"])
+def test_velo_bank_keeps_all_23_features_and_the_2048_sample(name):
+  # velo's per-parameter MLPs are not configured by the mlp rule's defaults
+  # (17 features and 1024 since session 17): its meta-parameters and
+  # per-tensor statistics stay those of the files it wrote.
+  rule = lopt.rules.get(name)
+  assert rule._mlp.features == mlp_lib.FEATURE_NAMES
+  assert rule._mlp.norm_sample == 2048
+  theta = rule.init_meta_params(jax.random.PRNGKey(0))
+  assert theta["bank"]["layers"][0]["w"].shape[1] == mlp_lib.NUM_FEATURES
+  assert theta["bank"]["skip"].shape[1] == mlp_lib.NUM_FEATURES
+
+
 def test_velo_requires_loss():
   rule = lopt.rules.get("velo")
   theta = rule.init_meta_params(jax.random.PRNGKey(0))
