@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -29,6 +30,10 @@ class MetaTrainConfig:
       several separated by commas (a YAML list also works): a mixture, one
       batch of ``num_tasks`` tasks per family every outer step
       (:class:`lopt.meta_train.estimators.Mixture`).
+    family_weights: with a mixture, one positive weight per family (in
+      ``task_family``'s order; only ratios matter): the meta-objective is
+      the weighted mean of the families' meta-losses, and so is the
+      fixed-task evaluation that picks the best theta. Empty: all equal.
     init_from: start theta from this learned-optimizer file (a path or a
       shipped name such as ``mlp_digits``) instead of the rule's
       initialisation -- fine-tuning a meta-trained optimizer on new tasks.
@@ -76,6 +81,7 @@ class MetaTrainConfig:
   rule: str = "mlp"
   rule_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
   task_family: str = "digits_mlp"
+  family_weights: List[float] = dataclasses.field(default_factory=list)
   init_from: str = ""
 
   estimator: str = "es_single"
@@ -264,6 +270,14 @@ class MetaTrainConfig:
                       f" (known: {', '.join(lopt.tasks.list_families())})")
     elif len(set(names)) != len(names):
       problems.append(f"task family listed twice in {self.task_family!r}")
+    if self.family_weights and names:
+      if len(self.family_weights) != len(names):
+        problems.append(f"family_weights has {len(self.family_weights)} "
+                        f"entries for {len(names)} task families "
+                        f"({', '.join(names)}): give one per family")
+      elif not all(math.isfinite(w) and w > 0 for w in self.family_weights):
+        problems.append(f"family_weights must all be positive and finite "
+                        f"(got {self.family_weights})")
     if self.init_from and not problems:
       problem = self._init_from_problem()
       if problem:
@@ -322,6 +336,15 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         raise TypeError
       return value
     origin = typing.get_origin(hint)
+    if origin in (list, List):
+      if value is None:
+        return []
+      if isinstance(value, str):                 # "1, 1, 0.25"
+        value = [v for v in value.split(",") if v.strip()]
+      if not isinstance(value, (list, tuple)) or any(
+          isinstance(v, bool) for v in value):
+        raise TypeError
+      return [float(v) for v in value]
     if origin in (dict, Dict) or hint is dict:
       if value is None:
         return {}

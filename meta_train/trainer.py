@@ -154,8 +154,10 @@ class MetaTrainer:
                for system in self.systems]
     # Several families: one estimator each, combined per outer step.
     self.estimator = (members[0] if len(members) == 1 else
-                      estimators_lib.Mixture(tuple(members), tuple(names),
-                                             task_indices=task_indices))
+                      estimators_lib.Mixture(
+                          tuple(members), tuple(names),
+                          task_indices=task_indices,
+                          weights=config.family_weights or None))
     self.optimizer, self.schedule = build_optimizer(config)
     base = jax.random.PRNGKey(config.seed)
     self._theta_key = jax.random.fold_in(base, 0)
@@ -252,7 +254,8 @@ class MetaTrainer:
 
   def evaluate_theta(self, theta: PyTree) -> Array:
     """Mean normalised training loss of ``eval_tasks`` fixed fresh tasks of
-    the family (of each family, then averaged over families) trained
+    the family (of each family, then averaged over families, weighted by
+    ``family_weights`` when set) trained
     ``eval_steps`` steps with theta (deterministic), the steps weighted as
     in the meta-loss (``loss_weighting``), and in log space with
     ``log_loss`` (the mean of ``w_t log(max(l_t + c, 1e-8))``, ``c`` the
@@ -276,6 +279,9 @@ class MetaTrainer:
 
       vals = jax.vmap(one)(keys)
       per_family.append(jnp.mean(jnp.where(jnp.isfinite(vals), vals, 1e9)))
+    if cfg.family_weights and len(per_family) > 1:
+      w = jnp.asarray(cfg.family_weights, jnp.float32)
+      return jnp.sum(w * jnp.stack(per_family)) / jnp.sum(w)
     return jnp.mean(jnp.stack(per_family))
 
   # -- the loop -------------------------------------------------------------

@@ -60,6 +60,60 @@ def test_mixture_is_the_particle_weighted_mean_of_its_members():
       np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_family_weights_weigh_the_members_estimates_and_losses():
+  trainer = MetaTrainer(MetaTrainConfig(**dict(TINY, family_weights=[3, 1])))
+  mix = trainer.estimator
+  assert mix.weights == (1.5, 0.5)               # normalised to mean 1
+  theta = trainer.rule.init_meta_params(jax.random.PRNGKey(0))
+  key = jax.random.PRNGKey(3)
+  grad, _, metrics = mix.estimate(theta, mix.init(theta, key), key)
+  want = []
+  for i, m in enumerate(mix.members):
+    s = m.init(theta, jax.random.fold_in(key, i))
+    want.append(m.estimate(theta, s, jax.random.fold_in(key, i)))
+  for a, b, c in zip(_leaves(grad), _leaves(want[0][0]), _leaves(want[1][0])):
+    np.testing.assert_allclose(a, 0.75 * b + 0.25 * c, rtol=1e-6, atol=1e-7)
+  losses = [float(w[2]["meta_loss"]) for w in want]
+  np.testing.assert_allclose(float(metrics["meta_loss"]),
+                             0.75 * losses[0] + 0.25 * losses[1], rtol=1e-6)
+  # The per-family losses are logged unweighted.
+  np.testing.assert_allclose(float(metrics["meta_loss/linear_regression"]),
+                             losses[1], rtol=1e-6)
+
+
+def test_family_weights_weigh_the_best_theta_evaluation():
+  cfg = dict(TINY, eval_every=2, eval_tasks=2, eval_steps=8)
+  theta = MetaTrainer(MetaTrainConfig(**cfg)).rule.init_meta_params(
+      jax.random.PRNGKey(0))
+  single = [float(MetaTrainer(MetaTrainConfig(**dict(cfg, task_family=f)))
+                  .evaluate_theta(theta))
+            for f in ("quadratic", "linear_regression")]
+  plain = float(MetaTrainer(MetaTrainConfig(**cfg)).evaluate_theta(theta))
+  weighted = float(MetaTrainer(MetaTrainConfig(
+      **dict(cfg, family_weights=[3, 1]))).evaluate_theta(theta))
+  assert single[0] != pytest.approx(single[1], rel=1e-3)
+  np.testing.assert_allclose(plain, 0.5 * (single[0] + single[1]), rtol=1e-5)
+  np.testing.assert_allclose(weighted, 0.75 * single[0] + 0.25 * single[1],
+                             rtol=1e-5)
+
+
+def test_family_weights_config_errors_and_forms():
+  assert MetaTrainConfig.from_dict(
+      dict(TINY, family_weights="3, 1")).family_weights == [3.0, 1.0]
+  assert MetaTrainConfig().with_overrides(
+      ["family_weights=[1, 0.25]"]).family_weights == [1.0, 0.25]
+  with pytest.raises(ConfigError, match="family_weights has 3 entries for 2 "
+                     "task families"):
+    MetaTrainConfig(**dict(TINY, family_weights=[1, 1, 1])).validate()
+  with pytest.raises(ConfigError, match="positive and finite"):
+    MetaTrainConfig(**dict(TINY, family_weights=[1, 0])).validate()
+  with pytest.raises(ConfigError, match="'family_weights' expects"):
+    MetaTrainConfig.from_dict(dict(TINY, family_weights=[True, 1]))
+  with pytest.raises(ValueError, match="2 positive finite numbers"):
+    E.Mixture(MetaTrainer(MetaTrainConfig(**TINY)).estimator.members,
+              weights=[1, -1])
+
+
 def test_mixture_slices_every_member():
   trainer = MetaTrainer(MetaTrainConfig(**TINY), task_indices=[1])
   assert all(list(m.task_indices) == [1] for m in trainer.estimator.members)
