@@ -351,6 +351,58 @@ def import_ray():
   return ray
 
 
+#: Ray's single-machine mode (its default on macOS and Windows). On Linux Ray
+#: replaces a node address of "127.0.0.1" with the primary interface's
+#: address (``ray._private.services.resolve_ip_for_localhost``), so
+#: ``_node_ip_address="127.0.0.1"`` alone leaves the daemons and workers
+#: talking over, e.g., eth0's address; with this mode off Ray keeps loopback.
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int, **init_kwargs: Any) -> Iterator[Any]:
+  """Starts a local Ray on the loopback address (127.0.0.1), yields the
+  ``ray`` module and shuts it down on exit (also on error).
+
+  Token auth and the dashboard are off. The daemons and workers of a local
+  run then address each other at 127.0.0.1: Ray's single-machine mode
+  (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, unless the caller set the
+  variable) is on while it runs, and the process's settings are restored
+  afterwards, so a later connection to a real cluster is not affected. If
+  Ray still picks another address (a future Ray), a warning names it.
+  """
+  saved_env = {k: os.environ.get(k) for k in (_RAY_CLUSTER_ENV,
+                                              "RAY_AUTH_MODE")}
+  os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+  os.environ.setdefault(_RAY_CLUSTER_ENV, "0")
+  ray = import_ray()
+  # Ray reads the variable when it is first imported; if that was before
+  # this call, set the value it was read into (private, hence guarded).
+  constants = getattr(getattr(ray, "_private", None), "ray_constants", None)
+  saved_const = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+  if saved_const is not None and os.environ[_RAY_CLUSTER_ENV] == "0":
+    constants.ENABLE_RAY_CLUSTER = False
+  try:
+    with _quiet_fork():
+      ray.init(num_cpus=int(num_cpus), include_dashboard=False,
+               _node_ip_address="127.0.0.1", **init_kwargs)
+    ip = ray.util.get_node_ip_address()
+    if ip != "127.0.0.1":
+      log.warning("Ray: the local cluster runs on %s, not on 127.0.0.1 (Ray "
+                  "did not keep the loopback address); its traffic stays on "
+                  "this machine but uses that interface's address.", ip)
+    yield ray
+  finally:
+    ray.shutdown()
+    if saved_const is not None:
+      constants.ENABLE_RAY_CLUSTER = saved_const
+    for k, v in saved_env.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
 @contextlib.contextmanager
 def ray_connection(address: Optional[str] = None,
                    num_cpus: Optional[int] = None) -> Iterator[Any]:
@@ -365,20 +417,30 @@ def ray_connection(address: Optional[str] = None,
   if ray.is_initialized():
     yield ray
     return
+  if address is None:
+    n = int(num_cpus or os.cpu_count() or 1)
+    log.info("Ray: starting a local cluster on 127.0.0.1 with %d CPUs", n)
+    context = local_ray(n, logging_level=logging.WARNING)
+  else:
+    log.info("Ray: connecting to the cluster at %s", address)
+    context = _remote_ray(ray, address)
+  with context as connected:
+    yield connected
+
+
+@contextlib.contextmanager
+def _quiet_fork() -> Iterator[None]:
+  with warnings.catch_warnings():
+    # Ray starts its daemons with fork+exec (harmless for JAX).
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+    yield
+
+
+@contextlib.contextmanager
+def _remote_ray(ray: Any, address: str) -> Iterator[Any]:
   try:
-    with warnings.catch_warnings():
-      # Ray starts its daemons with fork+exec (harmless for JAX).
-      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
-      if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        n = int(num_cpus or os.cpu_count() or 1)
-        log.info("Ray: starting a local cluster on 127.0.0.1 with %d CPUs",
-                 n)
-        ray.init(num_cpus=n, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
-      else:
-        log.info("Ray: connecting to the cluster at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING)
+    with _quiet_fork():
+      ray.init(address=address, logging_level=logging.WARNING)
     yield ray
   finally:
     ray.shutdown()

@@ -75,19 +75,16 @@ def ray_local(tmp_path_factory):
   """A local Ray for the module; the workers (which get the driver's JAX_*
   variables) share a persistent compilation cache, so only the first run
   and no restart compiles from scratch."""
-  ray = pytest.importorskip("ray")
-  env = {"RAY_AUTH_MODE": "disabled",
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
+  pytest.importorskip("ray")
+  env = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("xla")),
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-           logging_level=logging.WARNING)
   try:
-    yield ray
+    with D.local_ray(2, logging_level=logging.WARNING) as ray:
+      yield ray
   finally:
-    ray.shutdown()
     for k, v in saved.items():
       if v is None:
         os.environ.pop(k, None)
@@ -168,6 +165,25 @@ def test_ray_is_shut_down_after_an_error():
   while _ray_processes() and time.time() < deadline:
     time.sleep(0.5)
   assert not _ray_processes(), [p.cmdline() for p in _ray_processes()]
+
+
+@pytest.mark.ray
+def test_local_ray_runs_on_loopback(ray_local):
+  """The local cluster's daemons and workers use 127.0.0.1 (Ray on Linux
+  would otherwise swap it for the primary interface's address)."""
+  ray = ray_local
+
+  @ray.remote
+  def node_ip():
+    import ray as r
+    return r.util.get_node_ip_address()
+
+  assert ray.util.get_node_ip_address() == "127.0.0.1"
+  assert ray.get(node_ip.remote(), timeout=60) == "127.0.0.1"
+  assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+  raylets = [p for p in _ray_processes() if "raylet" in p.name()]
+  assert raylets and all("--node_ip_address=127.0.0.1" in p.cmdline()
+                         for p in raylets)
 
 
 @pytest.mark.ray
