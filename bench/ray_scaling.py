@@ -151,10 +151,9 @@ def main(argv=None):
   del trainer, state
   cpu.set_affinity(all_cpus)
 
-  import ray
-  ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-           logging_level=logging.WARNING)
-  try:
+  from lopt.meta_train.distributed import local_ray
+  # A local Ray on 127.0.0.1, shut down on exit (also on error).
+  with local_ray(2, logging_level=logging.WARNING):
     rates, workers_rate, cpu_rates = {}, {}, {}
     for n in (1, 2):
       rate, warm, per_worker, cpu_rates[n] = _ray_rate(cfg, n, args)
@@ -168,8 +167,6 @@ def main(argv=None):
                                                         "async")
         workers_rate[f"ray_{n}_async"] = per_worker
         _log(f"ray async, {n} worker(s): {async_rates[n]:.2f} outer steps/s")
-  finally:
-    ray.shutdown()
 
   out = {
       "outer_steps_per_s": {"single_process": round(single, 3),
