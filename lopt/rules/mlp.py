@@ -56,9 +56,9 @@ cannot see.
 since session 17, the ``"lean"`` preset: without the six raw ``vhat_k`` and
 ``rsqrt(vhat_k)``, leaving 17; ``"all"`` reads all 23): fewer inputs per
 hidden unit and skip weight, the compute / performance trade-off of Metz et
-al. 2022. A feature not read is neither
-computed nor normalised; a rule with a subset is exactly the full rule with
-the other features' first-layer and skip weights at zero.
+al. 2022. A feature not read is neither computed nor normalised; a rule with
+a subset is exactly the full rule with the other features' first-layer and
+skip weights at zero.
 
 ``mu_scale`` is 1 in standard parametrisation and ``1/fan_in`` for hidden
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
