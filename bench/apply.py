@@ -61,6 +61,7 @@ def build(rules, steps):
   import jax.numpy as jnp
   import optax
   import lopt
+  from lopt.eval.specs import parse_optimizer
 
   key = jax.random.PRNGKey(0)
   kx, kp = jax.random.split(key)
@@ -104,16 +105,10 @@ def build(rules, steps):
 
   opts = {"adam": optax.adam(1e-3)}
   for name in rules:
-    # e.g. "mlp:features=all:norm_sample=2048" (the shipped optimizers' rule)
-    base, *kvs = name.split(":")
-    kwargs = {}
-    for kv in kvs:
-      key, _, value = kv.partition("=")
-      try:
-        kwargs[key] = json.loads(value)
-      except json.JSONDecodeError:
-        kwargs[key] = value
-    rule = lopt.rules.get(base, **kwargs)
+    # e.g. "mlp:features=all:norm_sample=2048" (the shipped optimizers'
+    # rule), parsed as lopt eval's "rule:mlp,features=all,norm_sample=2048".
+    spec = parse_optimizer("rule:" + ",".join(name.split(":")))
+    rule = lopt.rules.get(spec.name, **spec.hp)
     theta = rule.init_meta_params(jax.random.PRNGKey(1))
     opts["rule:" + name] = lopt.as_optax(rule, theta, steps)
   return opts, make_run, params, lopt.tree_size(params)

@@ -102,6 +102,14 @@ def _parse(argv=None):
   return ap.parse_args(argv)
 
 
+def _mlp_config(args) -> dict:
+  """The mlp rule's config overrides given on the command line (empty: the
+  rule's defaults)."""
+  return {k: v for k, v in (("features", args.features),
+                            ("norm_sample", args.norm_sample))
+          if v is not None}
+
+
 def _log(msg):
   print(msg, file=sys.stderr, flush=True)
 
@@ -120,13 +128,7 @@ def _worker(rank, procs, combos, args, barrier, queue):
   runs = []
   for combo in combos:
     rule, est = combo.split("+")
-    rule_config = None
-    if rule in ("mlp", "mu_mlp"):
-      rule_config = {}
-      if args.features is not None:
-        rule_config["features"] = args.features
-      if args.norm_sample is not None:
-        rule_config["norm_sample"] = args.norm_sample
+    rule_config = _mlp_config(args) if rule in ("mlp", "mu_mlp") else None
     cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
                        rule_config)
     trainer = MetaTrainer(cfg, task_indices=mine)
@@ -233,9 +235,7 @@ def main(argv=None):
   # The mlp rule measured, with its defaults resolved (imported only now:
   # the workers are done, so jax loads in this process after them).
   import lopt.rules
-  mlp_rule = lopt.rules.get("mlp", **{
-      k: v for k, v in (("features", args.features),
-                        ("norm_sample", args.norm_sample)) if v is not None})
+  mlp_rule = lopt.rules.get("mlp", **_mlp_config(args))
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
