@@ -51,6 +51,8 @@ import statistics
 import sys
 import time
 
+from mlp_args import add_mlp_args, mlp_config, mlp_report
+
 #: The issue's reference configuration (module docstring).
 NUM_TASKS = 8
 TRUNC_LENGTH = 50
@@ -88,26 +90,11 @@ def _parse(argv=None):
                   "mlp+pes,sgd+es_single,sgd+pes)")
   ap.add_argument("--threads", type=int, default=1,
                   help="1 = single-threaded XLA (default, fastest here)")
-  ap.add_argument("--features", default=None,
-                  help="the mlp rule's feature set: 'lean' (17 features) or "
-                  "'all' (23, the shipped optimizers' rule); default: the "
-                  "rule's default (lean since session 17)")
-  ap.add_argument("--norm-sample", type=int, default=None,
-                  help="the mlp rule's norm_sample (default: the rule's "
-                  "default, 1024 since session 17; the shipped optimizers "
-                  "use 2048)")
+  add_mlp_args(ap)
   ap.add_argument("--no-pin", dest="pin", action="store_false",
                   help="do not pin process i to core i (pinning is the "
                   "default: see lopt.meta_train.cpu)")
   return ap.parse_args(argv)
-
-
-def _mlp_config(args) -> dict:
-  """The mlp rule's config overrides given on the command line (empty: the
-  rule's defaults)."""
-  return {k: v for k, v in (("features", args.features),
-                            ("norm_sample", args.norm_sample))
-          if v is not None}
 
 
 def _log(msg):
@@ -128,7 +115,7 @@ def _worker(rank, procs, combos, args, barrier, queue):
   runs = []
   for combo in combos:
     rule, est = combo.split("+")
-    rule_config = _mlp_config(args) if rule in ("mlp", "mu_mlp") else None
+    rule_config = mlp_config(args) if rule in ("mlp", "mu_mlp") else None
     cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
                        rule_config)
     trainer = MetaTrainer(cfg, task_indices=mine)
@@ -234,16 +221,13 @@ def main(argv=None):
                                                   3)
   # The mlp rule measured, with its defaults resolved (imported only now:
   # the workers are done, so jax loads in this process after them).
-  import lopt.rules
-  mlp_rule = lopt.rules.get("mlp", **_mlp_config(args))
   out["procs"] = procs
   out["config"] = {"num_tasks": args.num_tasks,
                    "trunc_length": args.trunc_length,
                    "horizons": list(HORIZONS), "task_family": "digits_mlp",
                    "outer_steps_per_window": args.steps,
                    "repeats": args.repeats, "pinned": args.pin,
-                   "mlp_features": len(mlp_rule.features),
-                   "mlp_norm_sample": mlp_rule.norm_sample,
+                   **mlp_report(args),
                    "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out["wall_s"] = round(time.time() - t_start, 1)
   print(json.dumps(out))

@@ -25,7 +25,12 @@ the busiest worker, i.e. the rate with a core per worker and free
 communication), with the workers' inner steps per second of compute and the
 1-minute load average at the start.
 
-Usage: ``python bench/ray_scaling.py [--quick] [--compile-cache DIR]``.
+The rule runs with its defaults (since session 17: 17 features, a
+1024-element normaliser sample); ``--features all --norm-sample 2048``
+measures the shipped optimizers' rule.
+
+Usage: ``python bench/ray_scaling.py [--quick] [--compile-cache DIR]
+[--features all|lean] [--norm-sample N]``.
 Progress goes to stderr; the last stdout line is one JSON object::
 
     {"outer_steps_per_s": {"single_process": ..., "ray_1": ..., "ray_2": ...},
@@ -43,6 +48,9 @@ import os
 import sys
 import time
 
+from mlp_args import add_mlp_args, mlp_config, mlp_report
+
+
 def _parse(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--quick", action="store_true",
@@ -53,6 +61,7 @@ def _parse(argv=None):
   ap.add_argument("--repeats", type=int, default=None,
                   help="timed windows per setting (default 3, quick 1)")
   ap.add_argument("--rule", default="mlp")
+  add_mlp_args(ap)
   ap.add_argument("--num-tasks", type=int, default=8)
   ap.add_argument("--trunc-length", type=int, default=50)
   ap.add_argument("--timeout", type=float, default=600.0)
@@ -78,7 +87,8 @@ def _config(args):
       rule=args.rule, task_family="digits_mlp", estimator="es_single",
       num_tasks=args.num_tasks, num_particles=1,
       trunc_length=args.trunc_length, horizon_min=100, horizon_max=1000,
-      std=0.01, outer_steps=10**6, checkpoint_every=0)
+      std=0.01, outer_steps=10**6, checkpoint_every=0,
+      rule_config=mlp_config(args) if args.rule in ("mlp", "mu_mlp") else {})
 
 
 def _time(step_fn, state, args):
@@ -193,6 +203,8 @@ def main(argv=None):
           cpu_rates[2] / (2 * cpu_rates[1]), 3),
       "inner_steps_per_outer_step": 2 * args.num_tasks * args.trunc_length,
       "config": {"rule": args.rule, "estimator": "es_single",
+                 **(mlp_report(args, args.rule)
+                    if args.rule in ("mlp", "mu_mlp") else {}),
                  "task_family": "digits_mlp", "num_tasks": args.num_tasks,
                  "trunc_length": args.trunc_length, "horizons": [100, 1000],
                  "steps_per_window": args.steps, "repeats": args.repeats},
