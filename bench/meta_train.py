@@ -51,8 +51,6 @@ import statistics
 import sys
 import time
 
-from mlp_args import add_mlp_args, mlp_config, mlp_report
-
 #: The issue's reference configuration (module docstring).
 NUM_TASKS = 8
 TRUNC_LENGTH = 50
@@ -71,6 +69,34 @@ def bench_config(rule: str, estimator: str, num_tasks: int = NUM_TASKS,
                          trunc_length=trunc_length, horizon_min=HORIZONS[0],
                          horizon_max=HORIZONS[1], std=STD,
                          rule_config=dict(rule_config or {}))
+
+
+def add_mlp_args(ap: argparse.ArgumentParser) -> None:
+  """Adds ``--features`` and ``--norm-sample`` to ``ap``."""
+  ap.add_argument("--features", default=None,
+                  help="the mlp rule's feature set: 'lean' (17 features) or "
+                  "'all' (23, the shipped optimizers' rule); default: the "
+                  "rule's default (lean since session 17)")
+  ap.add_argument("--norm-sample", type=int, default=None,
+                  help="the mlp rule's norm_sample (default: the rule's "
+                  "default, 1024 since session 17; the shipped optimizers "
+                  "use 2048)")
+
+
+def mlp_config(args: argparse.Namespace) -> Dict[str, Any]:
+  """The mlp rule's config overrides given on the command line (empty: the
+  rule's defaults)."""
+  return {k: v for k, v in (("features", args.features),
+                            ("norm_sample", args.norm_sample))
+          if v is not None}
+
+
+def mlp_report(args: argparse.Namespace, rule: str = "mlp") -> Dict[str, Any]:
+  """The resolved feature count and normaliser sample of ``rule`` built with
+  these options, for a benchmark's JSON ``config``."""
+  import lopt.rules
+  r = lopt.rules.get(rule, **mlp_config(args))
+  return {"mlp_features": len(r.features), "mlp_norm_sample": r.norm_sample}
 
 
 def _parse(argv=None):

@@ -48,7 +48,21 @@ import os
 import sys
 import time
 
-from mlp_args import add_mlp_args, mlp_config, mlp_report
+
+def _bench_meta_train():
+  """``bench/meta_train.py`` as a module, loaded by path as bench/profile.py
+  does (``meta_train`` would otherwise resolve to lopt's package): its
+  workload config and ``mlp`` rule options are this benchmark's."""
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      "meta_train.py")
+  spec = importlib.util.spec_from_file_location("bench_meta_train", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_MT = _bench_meta_train()
 
 
 def _parse(argv=None):
@@ -61,7 +75,7 @@ def _parse(argv=None):
   ap.add_argument("--repeats", type=int, default=None,
                   help="timed windows per setting (default 3, quick 1)")
   ap.add_argument("--rule", default="mlp")
-  add_mlp_args(ap)
+  _MT.add_mlp_args(ap)
   ap.add_argument("--num-tasks", type=int, default=8)
   ap.add_argument("--trunc-length", type=int, default=50)
   ap.add_argument("--timeout", type=float, default=600.0)
@@ -82,13 +96,11 @@ def _log(msg):
 
 
 def _config(args):
-  from lopt.meta_train.config import MetaTrainConfig
-  return MetaTrainConfig(
-      rule=args.rule, task_family="digits_mlp", estimator="es_single",
-      num_tasks=args.num_tasks, num_particles=1,
-      trunc_length=args.trunc_length, horizon_min=100, horizon_max=1000,
-      std=0.01, outer_steps=10**6, checkpoint_every=0,
-      rule_config=mlp_config(args) if args.rule in ("mlp", "mu_mlp") else {})
+  import dataclasses
+  cfg = _MT.bench_config(
+      args.rule, "es_single", args.num_tasks, args.trunc_length,
+      _MT.mlp_config(args) if args.rule in ("mlp", "mu_mlp") else None)
+  return dataclasses.replace(cfg, outer_steps=10**6, checkpoint_every=0)
 
 
 def _time(step_fn, state, args):
@@ -203,7 +215,7 @@ def main(argv=None):
           cpu_rates[2] / (2 * cpu_rates[1]), 3),
       "inner_steps_per_outer_step": 2 * args.num_tasks * args.trunc_length,
       "config": {"rule": args.rule, "estimator": "es_single",
-                 **(mlp_report(args, args.rule)
+                 **(_MT.mlp_report(args, args.rule)
                     if args.rule in ("mlp", "mu_mlp") else {}),
                  "task_family": "digits_mlp", "num_tasks": args.num_tasks,
                  "trunc_length": args.trunc_length, "horizons": [100, 1000],
