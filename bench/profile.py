@@ -3,7 +3,7 @@
 Runs one of the benchmark workloads under ``jax.profiler`` and prints the
 most expensive XLA kernels (fused loops, matrix products, copies) with their
 shape and the source op that produced them (:func:`lopt.profiling.
-kernel_times`). This is how the README's performance section located, e.g.,
+kernel_times`). This is how the work in docs/performance.md located, e.g.,
 the gather fusions of the normaliser sample (session 8).
 
 - ``--what apply`` (default): ``bench/apply.py``'s training step of a

@@ -7,7 +7,7 @@ first computation):
 - ``--xla_cpu_multi_thread_eigen=false``: no intra-op thread pool for
   Eigen's matrix products. Meta-training and evaluation run one process per
   core, and their matrices are small; the hand-offs cost more than they gain
-  (README, performance section).
+  (docs/performance.md).
 - ``--xla_cpu_prefer_vector_width=512``: on CPUs with AVX-512, LLVM otherwise
   vectorises XLA's fused loops with 256-bit registers. The learned rules'
   per-element loop (23 features into a 4-unit network, ~150 multiply-adds

@@ -3,8 +3,8 @@
 XLA compiles a jitted function into a sequence of kernels ("thunks": fused
 loops, matrix products, copies, control flow). On CPU most of lopt's
 per-step cost is spread over many small kernels, so "which kernel costs what"
-is the question behind every optimisation in the README's performance
-section. :func:`kernel_times` answers it with the tools jax ships: it runs the
+is the question behind every optimisation in docs/performance.md.
+:func:`kernel_times` answers it with the tools jax ships: it runs the
 function under ``jax.profiler`` tracing, reads the trace back with
 ``jax.profiler.ProfileData`` and sums the time of every event whose name is
 an instruction of the compiled HLO module, with that instruction's shape and

@@ -5,7 +5,7 @@ XLA's CPU backend splits large fused loops over a thread pool even with
 meta-training the hand-offs cost more than they gain, and two such processes
 on a 2-core machine fight over both cores. Pinning each process (all of its
 threads) to its own core makes "one process per core" literal. Measured in
-the README's performance section (meta-training throughput, Ray scaling).
+docs/performance.md (meta-training throughput, Ray scaling).
 
 Linux only (``os.sched_setaffinity``); elsewhere the functions do nothing and
 say so by returning ``None``.

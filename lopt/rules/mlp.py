@@ -64,7 +64,7 @@ skip weights at zero.
 tensors in the muP variant (``mup=True`` with ``param_meta``; without
 ``param_meta`` the muP rule behaves exactly as standard parametrisation).
 
-Implementation note (measured, see README performance section): the tiny
+Implementation note (measured, see docs/performance.md): the tiny
 network is written as elementwise multiply-adds over the feature arrays with
 scalar weights -- the per-tensor feature normalisation and the time features
 (constant per tensor) are folded into those scalars -- so XLA fuses the whole
@@ -106,8 +106,8 @@ _SKIP_INIT_NAME = "m1_rsqrt_v"
 #: factored second moments ``vhat_k`` and ``rsqrt(vhat_k)`` (the gradient and
 #: momenta normalised by them stay). Per element that is 6 fewer inputs to
 #: every hidden unit and to the skip path, and the normaliser loses its
-#: ``vhat`` rows: ~20% more meta-training throughput (README performance
-#: section), the compute/quality trade-off studied by Metz et al. 2022.
+#: ``vhat`` rows: ~20% more meta-training throughput (docs/performance.md),
+#: the compute/quality trade-off studied by Metz et al. 2022.
 LEAN_FEATURES: Tuple[str, ...] = tuple(
     n for n in FEATURE_NAMES
     if not (n.startswith("vhat") or n.startswith("rsqrt_vhat")))
@@ -233,8 +233,8 @@ def _factor_rows(g, p, ls: LeafState, stride: int, need_vhat: bool = True):
   instead: ``vhat_k[l, i, j] = r_li cv_lj`` (``l`` the leading axes) is an
   outer product, so ``mean(vhat_k^2) = mean_l(mean_i r_li^2 mean_j cv_lj^2)``
   (the same values up to float rounding, no ``[3, n]`` ``vhat`` array, and a
-  5-row product: 9% more meta-training throughput, README performance
-  section). Otherwise ``vh_ms`` is None."""
+  5-row product: 9% more meta-training throughput, docs/performance.md).
+  Otherwise ``vh_ms`` is None."""
   shape = g.shape
   sample = lambda x: x.reshape(x.shape[0], -1)[:, ::stride]   # [K, n']
   rv = jax.lax.rsqrt(sample(ls.v[None]) + _EPS)
@@ -481,7 +481,7 @@ class PerParamMLP:
     For tensors larger than ``norm_sample`` elements the RMS is taken over a
     fixed, evenly strided subset of about ``norm_sample`` elements (exact for
     smaller tensors). The reductions would otherwise dominate the rule's cost
-    (23 passes over the tensor, see README performance section).
+    (23 passes over the tensor, see docs/performance.md).
     """
     stride = sample_stride(g.shape, self.norm_sample)
     factors = [_FEATURE_FACTORS[i] for i in self._feature_idx]
@@ -489,8 +489,7 @@ class PerParamMLP:
     a, b, vh_ms = _factor_rows(g, p, ls, stride, need_vhat)
     # mean(f^2) for f = A_i B_j is (A^2 (B^2)^T)_ij / n': one small matrix
     # product instead of 23 reductions (which compile to ~90 tiny kernels per
-    # tensor whose launch overhead exceeds the arithmetic; README
-    # performance section).
+    # tensor whose launch overhead exceeds the arithmetic; docs/performance.md).
     ms = jnp.dot(jnp.square(a), jnp.square(b).T,
                  precision=jax.lax.Precision.HIGHEST) / a.shape[-1]
     if vh_ms is not None:
