@@ -1,7 +1,8 @@
 """The ``lopt`` console command: dispatches to sub-commands.
 
 ``lopt meta-train ...`` and ``lopt eval ...`` need the ``lopt[train]`` extra;
-they are imported lazily so that the core package stays light.
+they are imported lazily so that the core package stays light. ``lopt info``
+needs only the core.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ _COMMANDS = {
     "eval": ("lopt.eval.cli", "Evaluate optimizers on held-out tasks."),
     "quickstart": ("lopt.cli", "Short meta-training run, export, then "
                    "evaluation against Adam on a held-out task."),
+    "info": ("lopt.info", "Describe learned-optimizer files (the shipped "
+             "ones without arguments)."),
 }
 
 #: The main job: a short real meta-training run on the default family.
