@@ -1,18 +1,22 @@
 """Shared pieces of the task implementations: activations, losses, batch
-sampling and config checks.
+sampling and config checks, and :class:`ScaleActivationFamily`, the base of
+the families that vary only init scale and activation.
 
-Everything here is a pure function of arrays, usable under ``jax.jit`` and
+The functions are pure functions of arrays, usable under ``jax.jit`` and
 ``jax.vmap``.
 """
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from lopt.tasks.base import Task, TaskFamily
 
 PyTree = Any
 Array = jax.Array
@@ -142,6 +146,38 @@ def check_config(config: Any, keys: Iterable[str], family: str) -> None:
           f"Bad config for family {family!r}: entry {k!r} must be a scalar "
           f"(per task), got shape {jnp.shape(config[k])}. To build a batch of "
           f"tasks, call family.task inside jax.vmap over configs.")
+
+
+class ScaleActivationFamily(TaskFamily):
+  """A family whose tasks differ only in ``init_scale`` (log-uniform in
+  ``self.init_scale_range``) and ``activation`` (uniform over
+  ``self.activations``, activation indices).
+
+  Subclasses set those two attributes and ``name``, and build one task in
+  :meth:`make_task`; ``sample``, ``default_config`` and ``task`` (with its
+  config check) are shared.
+  """
+
+  _KEYS = ("init_scale", "activation")
+  activations: tuple
+  init_scale_range: tuple
+
+  def sample(self, key: Array) -> dict:
+    return sample_scale_activation(key, self.activations,
+                                   self.init_scale_range)
+
+  def default_config(self) -> dict:
+    return default_scale_activation(self.activations)
+
+  def task(self, config: Any) -> Task:
+    check_config(config, self._KEYS, self.name)
+    return self.make_task(activation=config["activation"],
+                          init_scale=config["init_scale"])
+
+  @abc.abstractmethod
+  def make_task(self, activation: Any, init_scale: Any) -> Task:
+    """The task with this activation index and init scale (scalars, or
+    tracers under ``vmap``)."""
 
 
 def check_batch(batch: Any, expected: Mapping[str, Sequence[int]],

@@ -124,11 +124,9 @@ class ConvClassifier(Task):
             "accuracy": common.accuracy(logits, batch["y"])}
 
 
-class ConvClassifierFamily(TaskFamily):
+class ConvClassifierFamily(common.ScaleActivationFamily):
   """Conv classifiers of one shape class; samples ``init_scale``
   (log-uniform in [0.5, 2]) and ``activation``."""
-
-  _KEYS = ("init_scale", "activation")
 
   def __init__(self, dataset: Union[str, datasets.Dataset] = "digits",
                channels: Sequence[int] = (16, 32), batch_size: int = 32,
@@ -143,15 +141,7 @@ class ConvClassifierFamily(TaskFamily):
     self.name = name or f"{self.dataset}_conv"
     ConvClassifier(self._dataset, channels, batch_size)  # validate early
 
-  def sample(self, key: Array) -> PyTree:
-    return common.sample_scale_activation(key, self.activations,
-                                          self.init_scale_range)
-
-  def default_config(self) -> PyTree:
-    return common.default_scale_activation(self.activations)
-
-  def task(self, config: PyTree) -> ConvClassifier:
-    common.check_config(config, self._KEYS, self.name)
+  def make_task(self, activation, init_scale) -> ConvClassifier:
     return ConvClassifier(self._dataset, self.channels, self.batch_size,
-                          activation=config["activation"],
-                          init_scale=config["init_scale"], name=self.name)
+                          activation=activation, init_scale=init_scale,
+                          name=self.name)

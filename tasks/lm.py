@@ -168,11 +168,9 @@ class CharTransformerLM(Task):
             "accuracy": common.accuracy(logits, tokens[:, 1:])}
 
 
-class CharLMFamily(TaskFamily):
+class CharLMFamily(common.ScaleActivationFamily):
   """Character LMs of one shape class; samples ``init_scale`` (log-uniform
   in [0.5, 2]) and the MLP ``activation``."""
-
-  _KEYS = ("init_scale", "activation")
 
   def __init__(self, d_model: int = 64, num_heads: int = 4,
                num_layers: int = 2, seq_len: int = 32, batch_size: int = 16,
@@ -190,14 +188,6 @@ class CharLMFamily(TaskFamily):
     self.name = name or "char_lm"
     CharTransformerLM(**self.kwargs)  # validate args early
 
-  def sample(self, key: Array) -> PyTree:
-    return common.sample_scale_activation(key, self.activations,
-                                          self.init_scale_range)
-
-  def default_config(self) -> PyTree:
-    return common.default_scale_activation(self.activations)
-
-  def task(self, config: PyTree) -> CharTransformerLM:
-    common.check_config(config, self._KEYS, self.name)
-    return CharTransformerLM(**self.kwargs, activation=config["activation"],
-                             init_scale=config["init_scale"], name=self.name)
+  def make_task(self, activation, init_scale) -> CharTransformerLM:
+    return CharTransformerLM(**self.kwargs, activation=activation,
+                             init_scale=init_scale, name=self.name)

@@ -69,7 +69,31 @@ class _DenseStack:
     return x
 
 
-class MLPClassifier(Task):
+class _DenseTask(Task):
+  """What the MLP tasks share: a dataset held on the device (``_load``) and
+  a :class:`_DenseStack` (``self._stack``, built by the subclass) that
+  ``init`` and ``param_meta`` read."""
+
+  def _load(self, dataset: Union[str, datasets.Dataset],
+            hidden: Sequence[int], batch_size: int) -> None:
+    self.hidden = _check_sizes(hidden, batch_size)
+    self._ds = datasets.resolve(dataset)
+    self.dataset = self._ds.name
+    self.batch_size = int(batch_size)
+    self._data = datasets.device(self._ds)
+
+  def init(self, key: Array) -> PyTree:
+    return self._stack.init(key, self.init_scale)
+
+  def data_fingerprint(self) -> str:
+    return self._ds.fingerprint
+
+  @property
+  def param_meta(self) -> PyTree:
+    return self._stack.param_meta
+
+
+class MLPClassifier(_DenseTask):
   """MLP classifier on one of :data:`lopt.tasks.datasets.DATASETS`.
 
   Args:
@@ -91,11 +115,7 @@ class MLPClassifier(Task):
                init_scale: Scalar = 1.0, label_noise: Scalar = 0.0,
                parametrization: str = "standard",
                name: Optional[str] = None):
-    self.hidden = _check_sizes(hidden, batch_size)
-    self._ds = datasets.resolve(dataset)
-    self.dataset = self._ds.name
-    self.batch_size = int(batch_size)
-    self._data = datasets.device(self._ds)
+    self._load(dataset, hidden, batch_size)
     (in_dim,) = self._ds.input_shape
     self.num_classes = self._ds.num_classes
     self._stack = _DenseStack((in_dim, *self.hidden, self.num_classes),
@@ -107,16 +127,6 @@ class MLPClassifier(Task):
     self.loss_scale = math.log(self.num_classes)
     self.name = name or f"{self.dataset}_mlp_" + "x".join(
         map(str, self.hidden))
-
-  def init(self, key: Array) -> PyTree:
-    return self._stack.init(key, self.init_scale)
-
-  def data_fingerprint(self) -> str:
-    return self._ds.fingerprint
-
-  @property
-  def param_meta(self) -> PyTree:
-    return self._stack.param_meta
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:
     check_split(split)
@@ -204,7 +214,7 @@ class MLPClassifierFamily(TaskFamily):
                          name=self.name)
 
 
-class MLPAutoencoder(Task):
+class MLPAutoencoder(_DenseTask):
   """MLP autoencoder ``x -> x_hat`` on a dataset's features (see module
   docstring for the loss). ``hidden`` are the widths between input and
   reconstruction, e.g. ``(32, 16, 32)``."""
@@ -213,11 +223,7 @@ class MLPAutoencoder(Task):
                hidden: Sequence[int] = (32, 16, 32), batch_size: int = 32,
                activation: Union[str, Scalar] = "relu",
                init_scale: Scalar = 1.0, name: Optional[str] = None):
-    self.hidden = _check_sizes(hidden, batch_size)
-    self._ds = datasets.resolve(dataset)
-    self.dataset = self._ds.name
-    self.batch_size = int(batch_size)
-    self._data = datasets.device(self._ds)
+    self._load(dataset, hidden, batch_size)
     (dim,) = self._ds.input_shape
     self._stack = _DenseStack((dim, *self.hidden, dim), "standard")
     self.activation = common.activation_index(activation)
@@ -225,16 +231,6 @@ class MLPAutoencoder(Task):
     x_train = self._ds.splits["train"]["x"].astype(np.float32)
     self.loss_scale = float(np.mean(np.square(x_train * self._ds.x_scale)))
     self.name = name or f"{self.dataset}_autoencoder"
-
-  def init(self, key: Array) -> PyTree:
-    return self._stack.init(key, self.init_scale)
-
-  def data_fingerprint(self) -> str:
-    return self._ds.fingerprint
-
-  @property
-  def param_meta(self) -> PyTree:
-    return self._stack.param_meta
 
   def sample_batch(self, key: Array, split: str = "train") -> PyTree:
     check_split(split)
@@ -249,7 +245,7 @@ class MLPAutoencoder(Task):
                                - x))
 
 
-class AutoencoderFamily(TaskFamily):
+class AutoencoderFamily(common.ScaleActivationFamily):
   """Autoencoders of one shape class; samples ``init_scale`` and
   ``activation`` like :class:`MLPClassifierFamily`."""
 
@@ -266,17 +262,7 @@ class AutoencoderFamily(TaskFamily):
     self.init_scale_range = tuple(float(v) for v in init_scale_range)
     self.name = name or f"{self.dataset}_autoencoder"
 
-  _KEYS = ("init_scale", "activation")
-
-  def sample(self, key: Array) -> PyTree:
-    return common.sample_scale_activation(key, self.activations,
-                                          self.init_scale_range)
-
-  def default_config(self) -> PyTree:
-    return common.default_scale_activation(self.activations)
-
-  def task(self, config: PyTree) -> MLPAutoencoder:
-    common.check_config(config, self._KEYS, self.name)
+  def make_task(self, activation, init_scale) -> MLPAutoencoder:
     return MLPAutoencoder(self._dataset, self.hidden, self.batch_size,
-                          activation=config["activation"],
-                          init_scale=config["init_scale"], name=self.name)
+                          activation=activation, init_scale=init_scale,
+                          name=self.name)
