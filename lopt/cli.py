@@ -117,7 +117,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"lopt {cmd}: needs the training extras ({e}). Install them with "
           "`pip install 'lopt[train]'`.", file=sys.stderr)
     return 2
-  return int(module.main(argv[1:]) or 0)
+  try:
+    return int(module.main(argv[1:]) or 0)
+  except BrokenPipeError:
+    # The reader went away (``lopt info | head``): stop quietly, as other
+    # command-line tools do, instead of a traceback.
+    import os
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":
