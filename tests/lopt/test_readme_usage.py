@@ -51,3 +51,27 @@ def test_readme_snippet_trains_a_flax_model():
     losses.append(float(loss))
   assert all(jnp.isfinite(jnp.asarray(losses)))
   assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+def test_readme_jitted_train_step():
+  text = README.read_text()
+  section = text.split("## Use a learned optimizer", 1)[1].split("\n## ", 1)[0]
+  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+  (code,) = [b for b in blocks if "@jax.jit" in b]
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
+  y = x @ jnp.array([1.0, -2.0, 0.5, 3.0])
+  params = {"w": jnp.zeros(4), "b": jnp.zeros(())}
+
+  def loss_fn(p, batch):
+    bx, by = batch
+    return jnp.mean((bx @ p["w"] + p["b"] - by) ** 2)
+
+  ns = {"params": params, "loss_fn": loss_fn}
+  exec(code, ns)
+  params, state, losses = ns["params"], ns["state"], []
+  for _ in range(100):
+    params, state, loss = ns["train_step"](params, state, (x, y))
+    losses.append(float(loss))
+  assert all(jnp.isfinite(jnp.asarray(losses)))
+  assert losses[-1] < 0.5 * losses[0], losses[::20]
