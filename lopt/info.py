@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import jax
 import numpy as np
 
 #: Provenance keys shown first in the text form (the rest follow sorted).
@@ -44,8 +45,8 @@ def describe(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
     full config as loaded, defaults included: a file written before a config
     key existed reports the value it loads with), ``stored_rule_config`` (as
     written in the file), ``num_meta_params``, ``tensors`` (path, shape,
-    dtype, the RMS of each, and the value of a scalar), ``format_version``, ``library_version``,
-    ``created``, ``payload_sha256`` and ``provenance``.
+    dtype, the RMS of each, and the value of a scalar), ``format_version``,
+    ``library_version``, ``created``, ``payload_sha256`` and ``provenance``.
 
   Raises:
     FileNotFoundError, lopt.LearnedOptimizerFileError: as :func:`lopt.read`.
@@ -57,15 +58,14 @@ def describe(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
   header = loaded.header
   shipped = _is_shipped(path)
   card = path.with_suffix(".md") if shipped else None
-  leaves = _theta_leaves(loaded.theta)
+  leaves = jax.tree_util.tree_leaves(loaded.theta)
   tensors = []
   for t, leaf in zip(header["tensors"], leaves):
     a = np.asarray(leaf, np.float64)
     tensors.append({"path": t["path"], "shape": list(t["shape"]),
                     "dtype": t["dtype"],
                     "rms": float(np.sqrt(np.mean(a * a))) if a.size else 0.0,
-                    "value": float(a.reshape(())) if a.size == 1 and
-                             a.ndim == 0 else None})
+                    "value": float(a) if a.ndim == 0 else None})
   return {
       "name": path.name[:-len(io.SUFFIX)] if path.name.endswith(io.SUFFIX)
               else path.name,
@@ -199,11 +199,6 @@ def _is_shipped(path: Path) -> bool:
   except (ModuleNotFoundError, FileNotFoundError):
     return False
   return path.resolve().parent == root.resolve()
-
-
-def _theta_leaves(theta) -> List[Any]:
-  import jax
-  return jax.tree_util.tree_leaves(theta)
 
 
 def _jsonable(x):
