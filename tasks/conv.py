@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from lopt.base import ParamMeta
 from lopt.tasks import common, datasets
-from lopt.tasks.base import PyTree, Task, TaskFamily, check_split
+from lopt.tasks.base import PyTree, Task, check_split
 
 Array = jax.Array
 Scalar = Union[float, int, Array]
