@@ -22,11 +22,12 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import jax
 import numpy as np
+
+from lopt.base import tree_size
 
 #: Provenance keys shown first in the text form (the rest follow sorted).
 _PROVENANCE_ORDER = ("kind", "estimator", "task_family", "outer_steps",
@@ -56,7 +57,8 @@ def describe(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
   path = io.resolve(name_or_path)
   loaded = io.read(path)
   header = loaded.header
-  shipped = _is_shipped(path)
+  root = io.shipped_dir()
+  shipped = root is not None and path.resolve().parent == root.resolve()
   card = path.with_suffix(".md") if shipped else None
   leaves = jax.tree_util.tree_leaves(loaded.theta)
   tensors = []
@@ -73,9 +75,11 @@ def describe(name_or_path: Union[str, os.PathLike]) -> Dict[str, Any]:
       "shipped": shipped,
       "model_card": str(card) if card is not None and card.is_file() else None,
       "rule": header["rule"],
-      "rule_config": _jsonable(loaded.rule.config()),
+      # JSON types, converted as lopt.save writes the header.
+      "rule_config": json.loads(json.dumps(loaded.rule.config(),
+                                           default=io._json_default)),
       "stored_rule_config": header["rule_config"],
-      "num_meta_params": int(sum(int(np.size(x)) for x in leaves)),
+      "num_meta_params": tree_size(loaded.theta),
       "tensors": tensors,
       "format_version": header["format_version"],
       "library_version": header.get("library_version"),
@@ -190,25 +194,6 @@ def _named_presets(config: Dict[str, Any]) -> Dict[str, Any]:
     if tuple(feats) == tuple(preset):
       return {**config, "features": f"{name} ({len(preset)} features)"}
   return config
-
-
-def _is_shipped(path: Path) -> bool:
-  import importlib.resources
-  try:
-    root = Path(str(importlib.resources.files("lopt.checkpoints")))
-  except (ModuleNotFoundError, FileNotFoundError):
-    return False
-  return path.resolve().parent == root.resolve()
-
-
-def _jsonable(x):
-  if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
 
 
 def _compact(v) -> str:

@@ -134,14 +134,22 @@ def save(path: Union[str, os.PathLike], rule: Any, theta: PyTree,
   return path
 
 
+def shipped_dir() -> Optional[Path]:
+  """The directory of the shipped learned optimizers (the installed
+  ``checkpoints/``, package ``lopt.checkpoints``); None without one."""
+  try:
+    return Path(str(importlib.resources.files("lopt.checkpoints")))
+  except (ModuleNotFoundError, FileNotFoundError):
+    return None
+
+
 def shipped_names() -> tuple[str, ...]:
   """Names of the learned optimizers shipped in ``checkpoints/``."""
-  try:
-    root = importlib.resources.files("lopt.checkpoints")
-    return tuple(sorted(p.name[:-len(SUFFIX)] for p in root.iterdir()
-                        if p.name.endswith(SUFFIX)))
-  except (ModuleNotFoundError, FileNotFoundError):
+  root = shipped_dir()
+  if root is None or not root.is_dir():
     return ()
+  return tuple(sorted(p.name[:-len(SUFFIX)] for p in root.iterdir()
+                      if p.name.endswith(SUFFIX)))
 
 
 def resolve(name_or_path: Union[str, os.PathLike]) -> Path:
@@ -151,11 +159,11 @@ def resolve(name_or_path: Union[str, os.PathLike]) -> Path:
   if p.is_file():
     return p
   name = str(name_or_path)
-  if os.sep not in name and not name.endswith(SUFFIX):
-    root = importlib.resources.files("lopt.checkpoints")
+  root = shipped_dir()
+  if root is not None and os.sep not in name and not name.endswith(SUFFIX):
     cand = root / (name + SUFFIX)
     if cand.is_file():
-      return Path(str(cand))
+      return cand
   shipped = ", ".join(shipped_names()) or "none"
   raise FileNotFoundError(
       f"No learned-optimizer file {str(name_or_path)!r}: not an existing "
