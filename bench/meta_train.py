@@ -50,6 +50,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any, Dict, Optional
 
 #: The issue's reference configuration (module docstring).
 NUM_TASKS = 8
@@ -83,9 +84,16 @@ def add_mlp_args(ap: argparse.ArgumentParser) -> None:
                   "use 2048)")
 
 
-def mlp_config(args: argparse.Namespace) -> Dict[str, Any]:
-  """The mlp rule's config overrides given on the command line (empty: the
-  rule's defaults)."""
+#: The rules that take ``--features`` / ``--norm-sample``.
+MLP_RULES = ("mlp", "mu_mlp")
+
+
+def mlp_config(args: argparse.Namespace,
+               rule: str = "mlp") -> Optional[Dict[str, Any]]:
+  """``rule``'s config overrides given on the command line (empty: the
+  rule's defaults); None for a rule outside :data:`MLP_RULES`."""
+  if rule not in MLP_RULES:
+    return None
   return {k: v for k, v in (("features", args.features),
                             ("norm_sample", args.norm_sample))
           if v is not None}
@@ -93,9 +101,12 @@ def mlp_config(args: argparse.Namespace) -> Dict[str, Any]:
 
 def mlp_report(args: argparse.Namespace, rule: str = "mlp") -> Dict[str, Any]:
   """The resolved feature count and normaliser sample of ``rule`` built with
-  these options, for a benchmark's JSON ``config``."""
+  these options, for a benchmark's JSON ``config`` (empty for a rule outside
+  :data:`MLP_RULES`)."""
+  if rule not in MLP_RULES:
+    return {}
   import lopt.rules
-  r = lopt.rules.get(rule, **mlp_config(args))
+  r = lopt.rules.get(rule, **mlp_config(args, rule))
   return {"mlp_features": len(r.features), "mlp_norm_sample": r.norm_sample}
 
 
@@ -141,9 +152,8 @@ def _worker(rank, procs, combos, args, barrier, queue):
   runs = []
   for combo in combos:
     rule, est = combo.split("+")
-    rule_config = mlp_config(args) if rule in ("mlp", "mu_mlp") else None
     cfg = bench_config(rule, est, args.num_tasks, args.trunc_length,
-                       rule_config)
+                       mlp_config(args, rule))
     trainer = MetaTrainer(cfg, task_indices=mine)
     state = trainer.init_state()
     t0 = time.perf_counter()

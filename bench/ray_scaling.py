@@ -97,9 +97,8 @@ def _log(msg):
 
 def _config(args):
   import dataclasses
-  cfg = _MT.bench_config(
-      args.rule, "es_single", args.num_tasks, args.trunc_length,
-      _MT.mlp_config(args) if args.rule in ("mlp", "mu_mlp") else None)
+  cfg = _MT.bench_config(args.rule, "es_single", args.num_tasks,
+                         args.trunc_length, _MT.mlp_config(args, args.rule))
   return dataclasses.replace(cfg, outer_steps=10**6, checkpoint_every=0)
 
 
@@ -215,8 +214,7 @@ def main(argv=None):
           cpu_rates[2] / (2 * cpu_rates[1]), 3),
       "inner_steps_per_outer_step": 2 * args.num_tasks * args.trunc_length,
       "config": {"rule": args.rule, "estimator": "es_single",
-                 **(_MT.mlp_report(args, args.rule)
-                    if args.rule in ("mlp", "mu_mlp") else {}),
+                 **_MT.mlp_report(args, args.rule),
                  "task_family": "digits_mlp", "num_tasks": args.num_tasks,
                  "trunc_length": args.trunc_length, "horizons": [100, 1000],
                  "steps_per_window": args.steps, "repeats": args.repeats},

@@ -12,10 +12,15 @@ import optax
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 
-def _usage_snippet() -> list[str]:
+def _usage_blocks() -> list[str]:
+  """The Python code blocks of the README's "Use a learned optimizer"."""
   text = README.read_text()
   section = text.split("## Use a learned optimizer", 1)[1].split("\n## ", 1)[0]
-  block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def _usage_snippet() -> list[str]:
+  block = _usage_blocks()[0]
   return [line.split("#")[0].rstrip() for line in block.splitlines()
           if line.strip()]
 
@@ -54,10 +59,7 @@ def test_readme_snippet_trains_a_flax_model():
 
 
 def test_readme_jitted_train_step():
-  text = README.read_text()
-  section = text.split("## Use a learned optimizer", 1)[1].split("\n## ", 1)[0]
-  blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-  (code,) = [b for b in blocks if "@jax.jit" in b]
+  (code,) = [b for b in _usage_blocks() if "@jax.jit" in b]
 
   x = jax.random.normal(jax.random.PRNGKey(0), (64, 4))
   y = x @ jnp.array([1.0, -2.0, 0.5, 3.0])
